@@ -1,0 +1,164 @@
+"""The on-disk prepared dataset: ``<cache_dir>/<name>-<fingerprint[:16]>/``.
+
+Layout::
+
+    samples/{train,valid,test}/   HF datasets (save_to_disk, Arrow), SAMPLE_COLUMNS
+    sequences.npz                 offsets, items, behaviors, timestamps, valid_pos, test_pos
+    catalog.parquet               one row per internal item (images stay paths)
+    index.json                    user_ids, item_ids, behaviors, target_behavior
+    stats.json, config.yaml       statistics and the resolved config
+    candidates/*.arrow            frozen candidate sets (added on first use)
+
+The fingerprint is the sha256 of a format version, every input file's bytes
+(content, not path or mtime) and the config fields that change the result
+(everything except ``name``, paths, ``cache_dir`` and ``candidates``, which have
+their own files; ``synthetic`` only for the synthetic source). A folder is
+written under a temporary name and renamed when complete, so an existing folder
+is always a whole dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from llmrec.config import save_config, to_dict
+from llmrec.data.config import DataConfig
+from llmrec.data.splits import FlatSequences
+from llmrec.data.types import SPLITS, SequenceDataset
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "llmrec-data-1"
+NOT_IN_FINGERPRINT = ("name", "path", "items_path", "cache_dir", "candidates")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: DataConfig, files: list[Path]) -> str:
+    """sha256 over the format version, the input files' bytes and the result-relevant config."""
+    digest = hashlib.sha256(FORMAT_VERSION.encode())
+    for path in files:
+        digest.update(f"\n{Path(path).name}:{file_sha256(path)}".encode())
+    relevant = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
+    if cfg.source != "synthetic":
+        relevant.pop("synthetic")  # generator settings only matter to the synthetic source
+    digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Give a ``tempfile``-made file or folder (mode 0600/0700) the usual permissions, then rename it."""
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
+    if tmp.is_dir():
+        tmp.rename(final)  # fails if ``final`` exists: the caller decides
+    else:
+        os.replace(tmp, final)
+
+
+def dataset_root(cache_dir: Path, name: str, fp: str) -> Path:
+    return Path(cache_dir) / f"{name}-{fp[:16]}"
+
+
+def is_complete(root: Path) -> bool:
+    return (root / "stats.json").is_file() and (root / "index.json").is_file()
+
+
+def save_prepared(
+    root: Path,
+    cfg: DataConfig,
+    index: dict[str, Any],
+    seqs: FlatSequences,
+    samples: dict[str, pa.Table],
+    catalog: pd.DataFrame,
+    stats: dict[str, Any],
+) -> None:
+    """Write everything into a temporary sibling folder, then rename it to ``root``."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    try:
+        bars_were_on = not datasets.utils.are_progress_bars_disabled()
+        datasets.utils.disable_progress_bars()  # three tiny bars per save; our own log line says it
+        try:
+            for split in SPLITS:
+                table = InMemoryTable(samples[split])  # our fingerprint: skips datasets' slow pickle hashing
+                dataset = datasets.Dataset(table, fingerprint=f"{root.name}-{split}")
+                shards = None if len(dataset) else 1  # datasets writes no shard at all for 0 rows otherwise
+                dataset.save_to_disk(str(tmp / "samples" / split), num_shards=shards)
+        finally:
+            if bars_were_on:
+                datasets.utils.enable_progress_bars()
+        np.savez(tmp / "sequences.npz", offsets=seqs.offsets, items=seqs.items, behaviors=seqs.behaviors,
+                 timestamps=seqs.timestamps, valid_pos=seqs.valid_pos, test_pos=seqs.test_pos)
+        catalog.to_parquet(tmp / "catalog.parquet", index=False)
+        (tmp / "index.json").write_text(json.dumps(index), encoding="utf-8")
+        save_config(cfg, tmp / "config.yaml")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        try:
+            publish(tmp, root)
+        except OSError:
+            if not is_complete(root):  # a concurrent run left something else: keep ours
+                shutil.rmtree(root, ignore_errors=True)
+                publish(tmp, root)
+            else:
+                log.info("another run already wrote %s; keeping it", root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_prepared(root: Path) -> SequenceDataset:
+    """Read a prepared dataset folder back (samples are memory-mapped Arrow)."""
+    import datasets
+
+    index = json.loads((root / "index.json").read_text(encoding="utf-8"))
+    stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
+    with np.load(root / "sequences.npz") as arrays:
+        seqs = FlatSequences(**{key: arrays[key] for key in arrays.files})
+    samples = {split: datasets.load_from_disk(str(root / "samples" / split)) for split in SPLITS}
+    return SequenceDataset(
+        name=stats["name"],
+        item_ids=index["item_ids"],
+        user_ids=index["user_ids"],
+        behaviors=index["behaviors"],
+        target_behavior=index["target_behavior"],
+        catalog=_read_catalog(root / "catalog.parquet"),
+        sequences=seqs.to_sequences(),
+        samples=samples,
+        stats=stats,
+        fingerprint=stats["fingerprint"],
+        root=root,
+    )
+
+
+def _read_catalog(path: Path) -> pd.DataFrame:
+    """The catalog with missing images as ``None`` (not NaN), as the loaders produced it."""
+    catalog = pd.read_parquet(path)
+    image = catalog["image"].astype(object)
+    catalog["image"] = image.where(image.notna(), None)
+    return catalog
