@@ -1,0 +1,100 @@
+"""Build (or reuse) the inputs a TMF recipe needs: prepared data, text/image tables, graph tables.
+
+Each stage has its own cache, so calling these functions again is cheap:
+
+* data   -> ``llmrec.data.prepare`` (Arrow cache keyed by input bytes + config);
+* encode -> ``llmrec.encoders.run_encoding`` (tables keyed by encoder, weights, catalog, template);
+* graph  -> ``graph_encoders.cli.fit_graph``; a finished run folder is reused when its
+  ``embeddings.safetensors`` was written for the same dataset fingerprint and its saved
+  config equals the requested one, otherwise the model is trained again.
+
+Every stage logs what it builds or reuses, so ``python train.py --config ...`` on a fresh
+checkout says why it takes longer the first time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmrec.config import load_config, to_dict
+from llmrec.data.types import SequenceDataset
+from llmrec.tables import EmbeddingTable, load_table
+
+log = logging.getLogger(__name__)
+
+
+def ensure_dataset(data_config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SequenceDataset:
+    """Prepare (or load from cache) the dataset of a data config."""
+    from llmrec.data import load_data_config, prepare
+
+    log.info("stage data: %s %s", data_config, " ".join(overrides))
+    return prepare(load_data_config(data_config, overrides))
+
+
+def ensure_item_tables(encode_config: str | Path, dataset: SequenceDataset) -> dict[str, EmbeddingTable]:
+    """Text / image tables of ``dataset`` under an encode config (absent modalities are left out)."""
+    from llmrec.encoders.config import load_encode_config
+    from llmrec.encoders.pipeline import run_encoding
+
+    cfg = load_encode_config(encode_config)
+    run = run_encoding(cfg, dataset)
+    for name, result in run.results.items():
+        log.info("stage encode: %s table %s (%s)", name, tuple(result.table.item.shape),
+                 "cache hit" if result.cache_hit else f"encoded in {result.seconds:.1f} s")
+    for name, why in run.absent.items():
+        log.info("stage encode: no %s table: %s", name, why)
+    return run.tables
+
+
+def ensure_graph_table(graph_config: str | Path, dataset: SequenceDataset) -> EmbeddingTable:
+    """Item + behavior embeddings of a graph encoder trained on ``dataset`` (trained once, then reused)."""
+    from graph_encoders.cli import FitGraphConfig, fit_graph
+
+    cfg = load_config(FitGraphConfig, graph_config)
+    run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
+    table_path = run_dir / "embeddings.safetensors"
+    if _graph_run_matches(run_dir, table_path, cfg, dataset):
+        log.info("stage graph: reusing %s", table_path)
+        return load_table(table_path)
+    log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name, dataset.name, run_dir)
+    result = fit_graph(cfg, dataset=dataset)
+    if result.table_path is None:
+        raise RuntimeError(f"{graph_config}: export is off, so the graph run wrote no embedding table")
+    return load_table(result.table_path)
+
+
+def _graph_run_matches(run_dir: Path, table_path: Path, cfg: Any, dataset: SequenceDataset) -> bool:
+    saved_config = run_dir / "config.yaml"
+    if not (table_path.is_file() and saved_config.is_file() and (run_dir / "metrics.json").is_file()):
+        return False
+    meta_path = table_path.with_suffix(".json")
+    if not meta_path.is_file():
+        return False
+    meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
+    if meta.get("dataset_fingerprint") != dataset.fingerprint:
+        log.info("stage graph: %s was trained on another dataset version; training again", run_dir)
+        return False
+    if yaml.safe_load(saved_config.read_text(encoding="utf-8")) != to_dict(cfg):
+        log.info("stage graph: %s was trained with another config; training again", run_dir)
+        return False
+    return True
+
+
+def ensure_inputs(cfg: Any) -> tuple[SequenceDataset, Any]:
+    """``(dataset, ModalityTables)`` for a TMF ``TrainConfig`` (its data/encode/graph config paths)."""
+    from llmrec.model import ModalityTables
+
+    if not cfg.data_config:
+        raise ValueError("data_config is required: the recipe must name a configs/data/*.yaml file")
+    dataset = ensure_dataset(cfg.data_config, list(cfg.data_overrides))
+    item_tables = ensure_item_tables(cfg.encode_config, dataset) if cfg.encode_config else {}
+    graph = ensure_graph_table(cfg.graph_config, dataset) if cfg.graph_config else None
+    tables = ModalityTables(text=item_tables.get("text"), image=item_tables.get("image"), graph=graph)
+    for name in ("image", "text", "graph"):
+        table = getattr(tables, name)
+        log.info("modality %s: %s", name, "absent (zero rows, mask False)" if table is None else tuple(table.item.shape))
+    return dataset, tables
