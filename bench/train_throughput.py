@@ -1,0 +1,214 @@
+"""Training throughput of our TMF loop vs. a plain transformers + PEFT loop (SmolLM2, CPU, 2 threads).
+
+Runs, each in its own process (so peak RSS is per configuration):
+
+* ``ours``: :class:`llmrec.training.Trainer` steps (render + collate + forward + backward + AdamW) on
+  the easy task and the hard task, with length-grouped batches and logits only at label positions;
+* ``plain``: what a practitioner writes: the same easy-task (text-only) token ids and labels,
+  batches in random order without length grouping, ``model(input_ids, attention_mask, labels).loss``
+  (full ``[B, T, vocab]`` logits), the same LoRA settings and AdamW;
+
+each in fp32 and in bf16 autocast. Reported: samples/s, real (non-padding) tokens/s, seconds per
+sample, peak RSS; the first step of each run is warm-up and not timed. The prompts are ML-100k's
+(``$LLMREC_DATA_DIR`` set) or the synthetic shop's; embedding tables are random (their values do not
+change the cost). Targets (docs/training.md): ours >= 1.15x plain at the same precision, ours at the
+default precision >= 1.5x plain fp32, hard <= 1.15x easy per sample, our peak RSS <= plain's.
+
+    python bench/train_throughput.py                       # full size (the lead runs it on an idle machine)
+    python bench/train_throughput.py --steps 2 --batch-size 2 --max-history 4   # tiny check
+
+Writes bench/out/train_throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+logger = logging.getLogger("bench.train_throughput")
+
+
+def build_dataset(args):
+    from llmrec.data import load_data_config, prepare
+
+    if os.environ.get("LLMREC_DATA_DIR"):
+        cfg = load_data_config(REPO / "configs/data/ml100k.yaml", [f"max_history={args.max_history}"])
+    else:
+        cfg = load_data_config(REPO / "configs/data/shop.yaml", [f"max_history={args.max_history}"])
+    return prepare(cfg)
+
+
+def random_tables(dataset):
+    import torch
+
+    from llmrec.model import ModalityTables
+    from llmrec.tables import EmbeddingTable
+
+    gen = torch.Generator().manual_seed(0)
+    n, ones = dataset.n_items, torch.ones(dataset.n_items, dtype=torch.bool)
+    return ModalityTables(
+        text=EmbeddingTable(torch.randn(n, 384, generator=gen), ones),  # MiniLM width
+        image=None,  # ML-100k has no images
+        graph=EmbeddingTable(torch.randn(n, 64, generator=gen), ones,  # MBHT width
+                             behavior=torch.randn(dataset.n_behaviors, 64, generator=gen)))
+
+
+def train_config(args, task: str, precision: str):
+    from llmrec.training import load_train_config
+
+    size = 20 if os.environ.get("LLMREC_DATA_DIR") else 11
+    return load_train_config(None, [
+        f"output_dir={OUT / 'train_throughput_run'}", f"batch_size={args.batch_size}",
+        f"gradient_accumulation_steps={args.grad_accum}", f"max_steps={args.steps + 1}", "eval.every=-1",
+        f"curriculum.fixed_task={task}", f"precision={precision}", f"max_length={args.max_length}",
+        f"train_candidates.size={size}", f"eval.candidates.size={size}", "num_threads=2", "log_every=1000"])
+
+
+def run_ours(args) -> dict:
+    from llmrec.training import Trainer
+
+    dataset = build_dataset(args)
+    trainer = Trainer(train_config(args, args.task, args.precision), dataset, random_tables(dataset))
+    records = [trainer.train_step() for _ in range(args.steps + 1)]
+    timed = records[1:] or records  # the first step is warm-up
+    return {"samples": sum(sum(r["tasks"].values()) for r in timed), "seconds": sum(r["seconds"] for r in timed),
+            "tokens": sum(r["tokens"] for r in timed)}
+
+
+def run_plain(args) -> dict:
+    """The baseline loop on the same easy-task prompts (token ids + labels from our collator)."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmrec.collator import TMFCollator
+    from llmrec.lm_loading import load_lm
+    from llmrec.model import LoRASettings, ModelConfig
+    from llmrec.prompts import PromptRenderer
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    cfg = train_config(args, "easy", args.precision)
+    dataset = build_dataset(args)
+    model_cfg: ModelConfig = cfg.model
+    lm, tokenizer = load_lm(model_cfg.lm)
+    lora: LoRASettings = model_cfg.lora
+    model = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
+                                          lora_dropout=lora.dropout, target_modules=list(lora.target_modules)))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    renderer = PromptRenderer(cfg.prompts, dataset)
+    collator = TMFCollator(tokenizer, renderer, cfg.max_length)
+    cands = dataset.candidates("train", size=cfg.train_candidates.size)
+    train = dataset.samples["train"]
+    order = np.random.default_rng(0).permutation(len(train))  # random batches, no length grouping
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    samples = tokens = 0
+    seconds = 0.0
+    cursor = 0
+    for step in range(args.steps + 1):
+        start = time.perf_counter()
+        step_samples = step_tokens = 0
+        for _ in range(args.grad_accum):
+            rows = order[cursor:cursor + args.batch_size]
+            cursor += args.batch_size
+            prompts = [renderer.render(train[int(r)]["history_items"], train[int(r)]["history_behaviors"],
+                                       cands.items[r], int(cands.target_index[r]), "easy",
+                                       np.random.default_rng(int(r))) for r in rows]
+            batch = collator(prompts)
+            with autocast:
+                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss
+            (loss / args.grad_accum).backward()
+            step_samples += len(rows)
+            step_tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step > 0:  # the first step is warm-up
+            seconds += time.perf_counter() - start
+            samples += step_samples
+            tokens += step_tokens
+    return {"samples": samples, "seconds": seconds, "tokens": tokens}
+
+
+def worker(args) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    result = run_ours(args) if args.loop == "ours" else run_plain(args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run (after 1 warm-up)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--max-history", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=["ours", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--task", default="easy", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    from llmrec.training import resolve_precision
+
+    default_precision = "bf16" if resolve_precision("auto") == "bf16" else "fp32"
+    runs = [(loop, task, precision) for precision in ("fp32", "bf16")
+            for loop, task in (("plain", "easy"), ("ours", "easy"), ("ours", "hard"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    for loop, task, precision in runs:
+        command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision", precision,
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
+                   str(args.grad_accum), "--max-history", str(args.max_history), "--max-length", str(args.max_length)]
+        print(f"running {loop} / {task} / {precision} ...", flush=True)
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if done.returncode or line is None:
+            sys.exit(f"{loop}/{task}/{precision} failed:\n{done.stderr[-4000:]}")
+        r = json.loads(line[len("RESULT "):])
+        r.update(samples_per_s=r["samples"] / r["seconds"], tokens_per_s=r["tokens"] / r["seconds"],
+                 seconds_per_sample=r["seconds"] / r["samples"])
+        results[f"{loop}/{task}/{precision}"] = r
+
+    def ratio(a: str, b: str, key: str = "samples_per_s") -> float:
+        return results[a][key] / results[b][key]
+
+    d = default_precision
+    checks = {
+        "ours/plain samples/s, fp32 (target >= 1.15)": ratio("ours/easy/fp32", "plain/easy/fp32"),
+        "ours/plain samples/s, bf16 (target >= 1.15)": ratio("ours/easy/bf16", "plain/easy/bf16"),
+        f"ours ({d}, default) / plain fp32 samples/s (target >= 1.5)": ratio(f"ours/easy/{d}", "plain/easy/fp32"),
+        f"hard/easy seconds per sample, {d} (target <= 1.15)":
+            ratio(f"ours/hard/{d}", f"ours/easy/{d}", "seconds_per_sample"),
+        "ours/plain peak RSS, fp32 (target <= 1.0)": ratio("ours/easy/fp32", "plain/easy/fp32", "peak_rss_mb"),
+        "ours/plain peak RSS, bf16 (target <= 1.0)": ratio("ours/easy/bf16", "plain/easy/bf16", "peak_rss_mb"),
+    }
+    report = {"settings": vars(args) | {"default_precision": d, "threads": 2,
+                                        "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
+              "results": results, "ratios": checks}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "train_throughput.json").write_text(json.dumps(report, indent=2))
+    lines = ["| run | samples/s | real tokens/s | s/sample | peak RSS (MB) |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['samples_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['seconds_per_sample']:.3f} | "
+              f"{r['peak_rss_mb']:.0f} |" for k, r in results.items()]
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
+    (OUT / "train_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generation and scoring backends: HF generate, vLLM, candidate ranking (see DESIGN.md)."""

@@ -1,0 +1,36 @@
+"""Fixtures of the training tests: the TMF test kit of tests/model plus a clean accelerate state."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+if "tmf_testkit" not in sys.modules:
+    _path = Path(__file__).resolve().parents[1] / "model" / "tmf_testkit.py"
+    _spec = importlib.util.spec_from_file_location("tmf_testkit", _path)
+    sys.modules["tmf_testkit"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["tmf_testkit"])
+
+kit = sys.modules["tmf_testkit"]
+tokenizer, tiny_lm_dir, shop, tables = kit.tokenizer, kit.tiny_lm_dir, kit.shop, kit.tables
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons and ACCELERATE_* environment variables (an Accelerator
+    given a DeepSpeed plugin sets ACCELERATE_USE_DEEPSPEED); each test starts from a clean process state."""
+    import os
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    environment = dict(os.environ)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    os.environ.clear()
+    os.environ.update(environment)
