@@ -1,0 +1,56 @@
+"""Tiny hand-built multi-behavior datasets for the graph-encoder tests.
+
+Sequences follow a planted rule (the next item is usually ``(item + 1) % n_items``), so
+a model that learns anything beats chance, and behaviors cycle so every behavior occurs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from datasets import Dataset
+
+from llmrec.data.types import SequenceDataset, UserSequence
+
+BEHAVIORS = ["view", "cart", "buy"]
+
+
+def make_tiny_dataset(n_users: int = 24, n_items: int = 30, length: int = 18, seed: int = 0) -> SequenceDataset:
+    rng = np.random.default_rng(seed)
+    sequences, rows = [], {"valid": [], "test": []}
+    target = BEHAVIORS.index("buy")
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        steps = np.where(rng.random(length) < 0.85, 1, rng.integers(2, n_items, size=length))
+        items = (start + np.cumsum(steps)) % n_items
+        behaviors = rng.integers(0, len(BEHAVIORS), size=length)
+        behaviors[-1] = behaviors[-3] = target
+        seq = UserSequence(
+            user=u, items=items.astype(np.int64), behaviors=behaviors.astype(np.int64),
+            timestamps=np.arange(length, dtype=np.int64), valid_pos=length - 3, test_pos=length - 1,
+        )
+        sequences.append(seq)
+        for split, pos in (("valid", seq.valid_pos), ("test", seq.test_pos)):
+            rows[split].append({
+                "user": u, "history_items": items[:pos].tolist(), "history_behaviors": behaviors[:pos].tolist(),
+                "target": int(items[pos]), "target_behavior": target, "position": pos,
+            })
+    samples = {split: Dataset.from_list(r) for split, r in rows.items()}
+    catalog = pd.DataFrame({"item_id": [str(i) for i in range(n_items)], "title": [f"item {i}" for i in range(n_items)]})
+    return SequenceDataset(
+        name="tiny", item_ids=[str(i) for i in range(n_items)], user_ids=[str(u) for u in range(n_users)],
+        behaviors=list(BEHAVIORS), target_behavior="buy", catalog=catalog, sequences=sequences,
+        samples=samples, fingerprint=f"tiny-{seed}",
+    )
+
+
+@pytest.fixture
+def tiny_dataset() -> SequenceDataset:
+    return make_tiny_dataset()
+
+
+@pytest.fixture
+def make_tiny():
+    """The :func:`make_tiny_dataset` factory (for tests that need several or custom ones)."""
+    return make_tiny_dataset

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+from graph_encoders.base import DatasetSpec, build_model
+from graph_encoders.batching import SequenceBatcher
+from graph_encoders.evaluation import CandidateProtocol, EvalConfig, evaluate
+from graph_encoders.trainer import Trainer, TrainConfig, seed_everything
+from llmrec.config import ConfigError, from_dict
+
+EVAL = EvalConfig(
+    protocols=[CandidateProtocol("pop5", "popularity", 5, 0, [1, 3]), CandidateProtocol("uni5", "uniform", 5, 0, [1, 3])],
+    full_ks=[1, 5], batch_size=7,  # several evaluation chunks
+)
+
+
+def _trainer(dataset, run_dir=None, name="sasrec", **train):
+    seed_everything(0)
+    model = build_model(name, {"hidden_size": 16, "max_len": 8}, DatasetSpec.from_dataset(dataset))
+    config = TrainConfig(**{"num_threads": 1, "batch_size": 8, "learning_rate": 1e-2, "monitor": "pop5/NDCG@3", **train})
+    return Trainer(model, SequenceBatcher(dataset, 8), config, EVAL, run_dir=run_dir, progress=False)
+
+
+def test_evaluate_reports_every_protocol_and_beats_chance(tiny_dataset):
+    trainer = _trainer(tiny_dataset, epochs=15, patience=100, checkpoint=False)
+    before = evaluate(trainer.model, trainer.batcher, "valid", EVAL, progress=False)
+    assert set(before) == {f"{p}/{m}@{k}" for p in ("pop5", "uni5") for m in ("HR", "NDCG", "MRR") for k in (1, 3)} | {
+        f"full/{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in (1, 5)}
+    trainer.fit()
+    after = evaluate(trainer.model, trainer.batcher, "valid", EVAL, progress=False)
+    assert after["uni5/HR@1"] > 0.4  # chance is 0.2; the planted next-item rule is learnable
+    assert after["full/HR@5"] > before["full/HR@5"]
+    # chunked evaluation equals a single chunk
+    whole = evaluate(trainer.model, trainer.batcher, "valid", EvalConfig(EVAL.protocols, True, [1, 5], 1000), progress=False)
+    assert all(abs(whole[k] - after[k]) < 1e-9 for k in whole)
+
+
+def test_early_stopping_restores_best(tiny_dataset):
+    trainer = _trainer(tiny_dataset, epochs=50, patience=2, learning_rate=0.3)  # lr far too high: quality falls
+    state = trainer.fit()
+    evaluated = [r for r in state.history if "valid" in r]
+    assert state.stopped_early and len(state.history) < 50
+    assert state.bad_evaluations == 2 and state.best_epoch == len(evaluated) - 2
+    best = max(r["valid"]["pop5/NDCG@3"] for r in evaluated)
+    assert state.best_metric == best
+    restored = evaluate(trainer.model, trainer.batcher, "valid", EVAL, progress=False)
+    assert restored["pop5/NDCG@3"] == pytest.approx(best)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_resume_gives_the_same_weights_as_one_run(tiny_dataset, tmp_path, name):
+    straight = _trainer(tiny_dataset, tmp_path / "a", name=name, epochs=4, patience=100)
+    straight.fit()
+    first = _trainer(tiny_dataset, tmp_path / "b", name=name, epochs=2, patience=100)
+    first.fit()
+    ckpt = tmp_path / "b" / "checkpoint"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "best_model.safetensors", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+    assert json.loads((ckpt / "trainer_state.json").read_text())["epoch"] == 2
+    torch.manual_seed(123)  # a resumed run must not depend on the RNG state it starts with
+    resumed = _trainer(tiny_dataset, tmp_path / "b", name=name, epochs=4, patience=100)
+    state = resumed.fit()
+    assert state.epoch == 4 and len(state.history) == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "checkpoint.tmp").exists() and not (tmp_path / "b" / "checkpoint.old").exists()
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_dataset, tmp_path, epochs=1)
+    trainer.fit()
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # crash between the two renames
+    again = _trainer(tiny_dataset, tmp_path, epochs=1)
+    assert again._find_checkpoint() == tmp_path / "checkpoint.old"
+    assert again.fit().epoch == 1  # nothing left to train
+
+
+def test_bad_monitor_and_config_are_reported(tiny_dataset):
+    with pytest.raises(ConfigError, match="monitor 'ndcg' must look like"):
+        from_dict(TrainConfig, {"monitor": "ndcg"})
+    with pytest.raises(ConfigError, match="train.monitor 'pop5/NDCG@99' is not an evaluation metric"):
+        _trainer(tiny_dataset, epochs=1, monitor="pop5/NDCG@99").fit()
