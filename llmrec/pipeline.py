@@ -119,8 +119,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     report = {
         "dataset": dataset.name,
         "split": cfg.split,
-        "n_users_ranked": tmf_rank.get("n_total"),
-        "n_users_generated": tmf_gen.get("n_total"),
+        "n_users_ranked": tmf_rank["n"],
+        "n_users_generated": tmf_gen["n"],
         "rows": rows,
         "checkpoint": str(checkpoint),
         "wall_seconds": time.perf_counter() - started,
