@@ -162,6 +162,8 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A recipe with dotted overrides; ``train.<key>=v`` is accepted as ``<key>=v`` (the recipe *is* the train section)."""
+    overrides = [o[len("train."):] if o.startswith("train.") else o for o in overrides]
     return load_config(TrainConfig, path, overrides)
 
 

@@ -77,3 +77,13 @@ def test_main_prints_the_resolved_config(capsys):
     assert main(["--config", str(REPO / "configs/tmf_smollm2_shop.yaml"), "--print-config", "max_steps=7"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["max_steps"] == 7 and printed["model"]["lora"]["r"] == 8
+
+
+def test_train_prefix_overrides_reach_the_recipe_top_level():
+    from llmrec.config import ConfigError
+    from llmrec.training import load_train_config
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "tmf_smollm2_ml100k.yaml"
+    assert load_train_config(recipe, ["train.max_steps=20"]).max_steps == 20
+    with pytest.raises(ConfigError, match="nope"):
+        load_train_config(recipe, ["train.nope=1"])
