@@ -143,7 +143,8 @@ def _yaml(value: int | None) -> str:
 
 
 def _markdown(rows: dict[str, dict[str, float]]) -> str:
-    columns = sorted({c for row in rows.values() for c in row}, key=lambda c: (c.endswith("(generate)"), c))
+    order = ["HitRate@1 (rank)", "HR@3 (rank)", "HitRate@1 (generate)", "ValidRatio (generate)"]
+    columns = [c for c in order if any(c in row for row in rows.values())]
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
         cells = [f"{row[c]:.4f}" if c in row else "–" for c in columns]
