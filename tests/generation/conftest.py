@@ -9,20 +9,12 @@ comparisons are not decided by float rounding between near-tied logits.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-if "tmf_testkit" not in sys.modules:
-    _path = Path(__file__).resolve().parents[1] / "model" / "tmf_testkit.py"
-    _spec = importlib.util.spec_from_file_location("tmf_testkit", _path)
-    sys.modules["tmf_testkit"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["tmf_testkit"])
+import tmf_testkit as kit  # registered by tests/conftest.py
 
-kit = sys.modules["tmf_testkit"]
 tokenizer, shop, tables = kit.tokenizer, kit.shop, kit.tables
 
 
