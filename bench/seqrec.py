@@ -113,6 +113,32 @@ def markdown(records: list[dict], recbole_seconds: float, recbole_epochs: int) -
     return "\n".join(lines) + "\n"
 
 
+def candidate_seed_spread(run_dirs: list[Path], seeds: list[int], protocol: str = "pop100") -> str:
+    """Re-evaluate each run's best weights on the test split with other draws of the same
+    candidate protocol (``seed`` varies): how much of a difference is candidate-sampling noise."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from graph_encoders.batching import SequenceBatcher
+    from graph_encoders.cli import load_run
+    from graph_encoders.evaluation import CandidateProtocol, EvalConfig, evaluate
+
+    lines = [f"| run | {protocol} seeds | HR@10 mean ± std | NDCG@10 mean ± std | HR@10 per seed |", "|---|---|---|---|---|"]
+    for run_dir in run_dirs:
+        model, dataset, config = load_run(run_dir)
+        base = next(p for p in config.eval.protocols if p.name == protocol)
+        batcher = SequenceBatcher(dataset, model.config.max_len, config.sequence)
+        hr, ndcg = [], []
+        for seed in seeds:
+            proto = CandidateProtocol(protocol, base.sampler, base.size, seed, [10])
+            metrics = evaluate(model, batcher, "test", EvalConfig([proto], full_ranking=False), progress=False)
+            hr.append(metrics[f"{protocol}/HR@10"])
+            ndcg.append(metrics[f"{protocol}/NDCG@10"])
+        lines.append(f"| {Path(run_dir).name} | {seeds[0]}..{seeds[-1]} | {np.mean(hr):.4f} ± {np.std(hr):.4f} | "
+                     f"{np.mean(ndcg):.4f} ± {np.std(ndcg):.4f} | {', '.join(f'{v:.3f}' for v in hr)} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(run_dirs: list[Path], chart: Path | None) -> str:
     """Markdown table (ours vs DreamRec Table 2) of finished runs, and optionally the bar chart."""
     runs = [json.loads((Path(d) / "metrics.json").read_text(encoding="utf-8")) for d in run_dirs]
@@ -126,7 +152,9 @@ def report(run_dirs: list[Path], chart: Path | None) -> str:
             pub = PUBLISHED[m["model"]]
             lines.append(f"| published | {m['model']} | | | | " + " | ".join(f"{pub[k]:.4f}" for k in REPORT_METRICS) + " |")
     if chart is not None:
-        _bar_chart(runs, [Path(d).name for d in run_dirs], chart)
+        models = [m["model"] for m in runs]
+        unique = len(set(models)) == len(models)
+        _bar_chart(runs, models if unique else [Path(d).name for d in run_dirs], chart)
     return "\n".join(lines) + "\n"
 
 
@@ -167,11 +195,15 @@ def main() -> int:
     parser.add_argument("--recbole-epochs", type=int, default=20)
     parser.add_argument("--report", nargs="+", type=Path, help="finished fit-graph run folders to compare")
     parser.add_argument("--chart", type=Path, help="with --report: write the bar chart PNG here")
+    parser.add_argument("--candidate-seeds", nargs="+", type=int,
+                        help="with --report: re-evaluate test pop100 on these candidate seeds (mean ± std)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one model, print its record
     parser.add_argument("overrides", nargs="*", help="dotted fit-graph overrides applied to every model")
     args = parser.parse_args()
     if args.report:
         print(report(args.report, args.chart))
+        if args.candidate_seeds:
+            print(candidate_seed_spread(args.report, args.candidate_seeds))
         return 0
     if not os.environ.get("LLMREC_DATA_DIR"):
         parser.error("set LLMREC_DATA_DIR to the folder holding ml-100k/")

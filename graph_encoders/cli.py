@@ -24,11 +24,13 @@ from typing import Any, Literal
 
 import torch
 
-from graph_encoders.base import DatasetSpec, build_model, model_config
+from safetensors.torch import load_file
+
+from graph_encoders.base import DatasetSpec, SequentialRecommender, build_model, model_config
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import EvalConfig, evaluate
 from graph_encoders.export import export_embeddings
-from graph_encoders.trainer import Trainer, TrainConfig, seed_everything
+from graph_encoders.trainer import CHECKPOINT_DIR, Trainer, TrainConfig, seed_everything
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,27 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     _write_json(run_dir / "metrics.json", metrics)
     log.info("wrote %s", run_dir / "metrics.json")
     return FitResult(run_dir, metrics, table_path)
+
+
+def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecommender, Any, FitGraphConfig]:
+    """A finished run's model (best weights, eval mode), its dataset and its config.
+
+    ``dataset`` (a prepared SequenceDataset) skips data preparation; otherwise the run's
+    data config is prepared again (a cache hit when nothing changed).
+    """
+    run_dir = Path(run_dir)
+    config = load_config(FitGraphConfig, run_dir / "config.yaml")
+    if dataset is None:
+        from llmrec.data import load_data_config, prepare
+
+        dataset = prepare(load_data_config(config.data, config.data_overrides))
+    checkpoint = run_dir / CHECKPOINT_DIR
+    weights = next((checkpoint / f for f in ("best_model.safetensors", "model.safetensors") if (checkpoint / f).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{run_dir}: no trained weights under {checkpoint} (was train.checkpoint false?)")
+    model = build_model(config.model_name, config.model_params, DatasetSpec.from_dataset(dataset))
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), dataset, config
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from graph_encoders.cli import FitGraphConfig, fit_graph, main
+from graph_encoders.batching import SequenceBatcher
+from graph_encoders.cli import FitGraphConfig, fit_graph, load_run, main
+from graph_encoders.evaluation import evaluate
 from llmrec.config import ConfigError, load_config
 from llmrec.tables import load_table
 
@@ -65,6 +67,11 @@ def test_fit_graph_with_a_prepared_dataset_is_reproducible(tmp_path, make_tiny):
     assert runs[0].metrics["test"] == runs[1].metrics["test"]
     a, b = load_table(runs[0].table_path), load_table(runs[1].table_path)
     assert b.behavior is None and (a.item == b.item).all()
+    # a finished run loads back with its best weights and reproduces its test metrics
+    model, dataset, config = load_run(runs[0].run_dir, dataset=make_tiny())
+    assert (model.item_embeddings() == a.item).all() and not model.training
+    again = evaluate(model, SequenceBatcher(dataset, model.config.max_len), "test", config.eval, progress=False)
+    assert again == runs[0].metrics["test"]
 
 
 def test_config_errors_name_the_key(tmp_path):
