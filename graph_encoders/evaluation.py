@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from llmrec.config import ConfigError
+from llmrec.metrics import candidate_ranking_metrics, full_ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,6 @@ class EvalConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def _metric_functions():
-    try:
-        from llmrec.metrics import candidate_ranking_metrics, full_ranking_metrics
-    except ImportError as err:  # pragma: no cover - only while llmrec.metrics is missing
-        raise ImportError(f"graph_encoders.evaluation needs llmrec.metrics ({err})") from err
-    return candidate_ranking_metrics, full_ranking_metrics
-
-
 class _RunningMean:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -94,7 +87,6 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``split`` (``valid`` or ``test``) under every protocol of ``config``."""
-    candidate_metrics, full_metrics = _metric_functions()
     dataset = batcher.dataset
     users, positions = batcher.evaluation_rows(split)
     n = len(users)
@@ -130,9 +122,9 @@ def evaluate(
                 )
             item_tensor = torch.as_tensor(items, device=device)
             scores = all_scores.gather(1, item_tensor) if all_scores is not None else model.score_candidates(batch, item_tensor)
-            totals.add(candidate_metrics(scores.float().cpu().numpy(), target_index, proto.ks), stop - start, proto.name)
+            totals.add(candidate_ranking_metrics(scores.float().cpu().numpy(), target_index, proto.ks), stop - start, proto.name)
         if all_scores is not None:
             exclude = batcher.seen_items(users[start:stop], positions[start:stop])
-            totals.add(full_metrics(all_scores.float().cpu().numpy(), targets, exclude, config.full_ks), stop - start, "full")
+            totals.add(full_ranking_metrics(all_scores.float().cpu().numpy(), targets, exclude, config.full_ks), stop - start, "full")
     model.train(was_training)
     return totals.means(n)
