@@ -16,7 +16,7 @@ official code (yuh-yang/MBHT-KDD22) is listed in docs/mbht.md.
   convolutions over gated item embeddings (:mod:`graph_encoders.hypergraph`).
 * §3.3 cross-view aggregation ``α_v = softmax_v(a^T W h_v)``, ``g = Σ_v α_v h_v``
   (:class:`CrossViewFusion`).
-* §3.4 Cloze objective: the newest target-behavior item of each training window is always
+* §3.4 Cloze objective: a target-behavior item of each training window is always
   ``[MASK]``-ed, every other item with probability ``mask_ratio``; softmax cross-entropy
   over all items at the masked positions with the input item embeddings as output table.
   At test time ``[MASK]`` is appended to the history and its fused output scores the items.
@@ -62,7 +62,7 @@ class MBHTConfig(ModelConfig):
     low_rank: int = 5  # rank of the length projection E (official scales[0])
     pool_sizes: list[int] = field(default_factory=lambda: [8, 40])  # items per pooled segment (official scales[1:])
     mask_ratio: float = 0.2  # Cloze masking probability
-    cloze_target: Literal["newest", "sampled"] = "newest"  # which target-behavior item is always masked
+    cloze_target: Literal["newest", "sampled"] = "sampled"  # which target-behavior item is always masked
     cut_after_target: bool = False  # true: drop the window's items after it (predicted from its past only)
     semantic_top_k: int = 5  # neighbours per semantic hyperedge (official hyper_len 6 counts the item itself)
     metric_channels: int = 2  # M in the multi-channel cosine similarity
@@ -296,8 +296,8 @@ class MBHT(SequentialRecommender):
         """§3.4 masking of a training batch: ``(inputs, input_behaviors, labels, masked)`` ``[B, L]``.
 
         The training window is ``batch.labels`` (its newest ``L`` items). One target-behavior
-        item with ``loss_mask`` is always masked: the newest one (``cloze_target=newest``,
-        default) or one drawn uniformly (``sampled``). With ``cut_after_target`` the items
+        item with ``loss_mask`` is always masked: one drawn uniformly (``cloze_target=sampled``,
+        default) or the newest one (``newest``). With ``cut_after_target`` the items
         after it are dropped and the row is shifted right so it is predicted from its past
         only (like the official "history, then the purchase" instances); by default it is
         masked in place and the rest of the window stays (cutting hides the interactions just
