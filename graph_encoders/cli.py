@@ -6,7 +6,11 @@ Steps: prepare the data (``llmrec.data.prepare(load_data_config(config.data))``)
 build the model from the registry, train with early stopping (:mod:`graph_encoders.trainer`),
 evaluate the best weights on ``valid`` and ``test`` under every protocol, and write into
 the run folder ``metrics.json`` (every metric, per-epoch history, wall time, seed,
-resolved config), ``config.yaml`` and ``embeddings.safetensors`` (+ ``.json``).
+resolved config), ``config.yaml``, ``embeddings.safetensors`` (+ ``.json``) and, with
+``write_predictions``, ``predictions-<split>-<protocol>.jsonl``: one line per evaluated row
+in ``llmrec infer``'s predictions format (:mod:`graph_encoders.predictions`), for every
+split and every protocol with at most 20 candidates (``uni10`` yes, ``pop100`` no: those
+files would be large).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from safetensors.torch import load_file
 
 from graph_encoders.base import DatasetSpec, SequentialRecommender, build_model, model_config
 from graph_encoders.batching import SequenceBatcher
-from graph_encoders.evaluation import EvalConfig, evaluate
+from graph_encoders.evaluation import EvalConfig, evaluate_split
 from graph_encoders.export import export_embeddings
+from graph_encoders.predictions import predictions_path, records_of, write_records, written_protocols
 from graph_encoders.trainer import CHECKPOINT_DIR, Trainer, TrainConfig, seed_everything
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 
@@ -47,6 +52,7 @@ class FitGraphConfig:
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])  # evaluated after training
     output_dir: str = "runs/graph/{model}_{dataset}"  # {model} and {dataset} are filled in
     export: bool = True  # write embeddings.safetensors
+    write_predictions: bool = True  # predictions-<split>-<protocol>.jsonl for protocols of <= 20 candidates
 
     def validate(self) -> None:
         if "name" not in self.model:
@@ -89,10 +95,16 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     state = trainer.fit()
     results: dict[str, Any] = {}
     eval_seconds: dict[str, float] = {}
+    keep = written_protocols(config.eval) if config.write_predictions else []
     for split in config.splits:
         t0 = time.perf_counter()
-        results[split] = evaluate(model, batcher, split, config.eval, progress=progress)
+        evaluation = evaluate_split(model, batcher, split, config.eval, progress=progress, keep_scores=keep)
+        results[split] = evaluation.metrics
         eval_seconds[split] = time.perf_counter() - t0
+        for protocol in keep:
+            path = predictions_path(run_dir, split, protocol)
+            write_records(path, records_of(evaluation, dataset, split, protocol, config.model_name))
+            log.info("wrote %s", path)
     table_path = None
     if config.export:
         table_path = export_embeddings(model, dataset, run_dir, {"best_epoch": state.best_epoch, "seed": config.train.seed})

@@ -7,13 +7,18 @@ target (except the target itself, which may recur, e.g. Taobao's pv then buy).
 Metric keys are ``"<protocol name>/<metric>@<k>"``, e.g. ``"pop100/NDCG@10"``,
 ``"uni10/HR@1"``, ``"full/HR@10"``; the values come from :mod:`llmrec.metrics`.
 HR, NDCG and MRR are per-row means, so chunked evaluation averages exactly.
+
+:func:`evaluate_split` also hands back the per-row candidate scores of chosen protocols
+(the very arrays the metrics are computed from); :mod:`graph_encoders.predictions` turns
+them into a predictions file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -23,6 +28,9 @@ from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from llmrec.config import ConfigError
 from llmrec.metrics import candidate_ranking_metrics, full_ranking_metrics
+
+if TYPE_CHECKING:
+    from llmrec.data.types import CandidateSet
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +89,39 @@ class _RunningMean:
         return {k: v / total for k, v in self.sums.items()}
 
 
-@torch.no_grad()
+@dataclass
+class SplitEvaluation:
+    """What :func:`evaluate_split` returns for one split."""
+
+    metrics: dict[str, float]  # "<protocol>/<metric>@<k>" -> value (what evaluate returns)
+    candidates: dict[str, CandidateSet]  # protocol name -> its frozen candidate set (rows = samples[split])
+    scores: dict[str, np.ndarray]  # protocol name -> float32 [n_rows, size]; only the protocols asked for
+
+
 def evaluate(
     model: SequentialRecommender, batcher: SequenceBatcher, split: str, config: EvalConfig,
     progress: bool = True,
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``split`` (``valid`` or ``test``) under every protocol of ``config``."""
+    return evaluate_split(model, batcher, split, config, progress=progress).metrics
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: SequentialRecommender, batcher: SequenceBatcher, split: str, config: EvalConfig,
+    progress: bool = True, keep_scores: Collection[str] = (),
+) -> SplitEvaluation:
+    """:func:`evaluate`, also keeping the candidate scores of the protocols named in ``keep_scores``.
+
+    Candidate scores come from ``model.score_all`` (gathered) when ``config.full_ranking``
+    is on, else from ``model.score_candidates``; the kept arrays are the ones the metrics
+    are computed from.
+    """
     dataset = batcher.dataset
+    unknown = sorted(set(keep_scores) - {p.name for p in config.protocols})
+    if unknown:
+        raise ValueError(f"keep_scores: {unknown} are not protocols of the eval config "
+                         f"(has {[p.name for p in config.protocols]})")
     users, positions = batcher.evaluation_rows(split)
     n = len(users)
     candidate_sets = {}
@@ -99,6 +133,7 @@ def evaluate(
                 f"expected ({n}, {proto.size}) aligned with samples[{split!r}]"
             )
         candidate_sets[proto.name] = cands
+    kept = {p.name: np.empty((n, p.size), dtype=np.float32) for p in config.protocols if p.name in keep_scores}
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -122,9 +157,12 @@ def evaluate(
                 )
             item_tensor = torch.as_tensor(items, device=device)
             scores = all_scores.gather(1, item_tensor) if all_scores is not None else model.score_candidates(batch, item_tensor)
-            totals.add(candidate_ranking_metrics(scores.float().cpu().numpy(), target_index, proto.ks), stop - start, proto.name)
+            scores = scores.float().cpu().numpy()
+            if proto.name in kept:
+                kept[proto.name][start:stop] = scores
+            totals.add(candidate_ranking_metrics(scores, target_index, proto.ks), stop - start, proto.name)
         if all_scores is not None:
             exclude = batcher.seen_items(users[start:stop], positions[start:stop])
             totals.add(full_ranking_metrics(all_scores.float().cpu().numpy(), targets, exclude, config.full_ks), stop - start, "full")
     model.train(was_training)
-    return totals.means(n)
+    return SplitEvaluation(totals.means(n), candidate_sets, kept)

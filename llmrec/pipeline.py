@@ -6,11 +6,14 @@ Stages (each reuses its cache, so a second run is fast):
 
 1. data      prepare the dataset, print its statistics;
 2. inputs    text / image tables and the graph encoder's item + behavior tables (``llmrec.stages``);
-3. baselines conventional sequential recommenders on the same frozen candidates;
+3. baselines conventional sequential recommenders on the same frozen candidates; each run
+             writes per-row predictions (``graph_encoders.predictions``);
 4. train     TMF fine-tuning (LoRA + adaptors, curriculum) for the recipe's steps;
-5. evaluate  candidate ranking on every user of the split (the rows the baselines are scored on)
-             and greedy generation on a seeded subset (HitRate@1, ValidRatio);
-6. report    one table (markdown + JSON) and a PNG bar chart in the output folder.
+5. evaluate  TMF candidate ranking on every user of the split (or ``rank_users`` of them) and
+             greedy generation on a seeded subset (HitRate@1, ValidRatio);
+6. report    the baselines' predictions restricted to the rows TMF ranked (``<output_dir>/eval/``),
+             then ``llmrec.evaluation.evaluate_files`` over them and TMF's predictions: one table
+             (markdown + JSON) and a PNG bar chart, every ranking row on identical rows.
 """
 
 from __future__ import annotations
@@ -42,8 +45,7 @@ class PipelineConfig:
     generate_users: int | None = 50
     """Users (seeded subset) for the generation metrics; null: all."""
     rank_users: int | None = None
-    """Users (seeded subset) for candidate ranking; null: all, the rows the baselines are scored on.
-    A subset is for smoke runs only: its TMF row is then not comparable with the baseline rows."""
+    """Users (seeded subset) for candidate ranking; null: all. The baselines are scored on the same rows."""
     rank_batch_size: int = 40
     output_dir: str = "runs/quickstart"
 
@@ -63,6 +65,7 @@ def _stage(name: str) -> None:
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run every stage; return the report (also written to ``<output_dir>/report.json``)."""
     from graph_encoders.cli import FitGraphConfig, fit_graph
+    from graph_encoders.predictions import predictions_path
     from llmrec.data.stats import format_stats
     from llmrec.evaluation import evaluate_files
     from llmrec.inference import InferConfig, run_inference
@@ -76,21 +79,23 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     train_overrides = [*cfg.recipe_overrides, f"output_dir={out / 'tmf'}"]
     train_cfg = load_train_config(cfg.recipe, train_overrides)
 
+    graph_cfgs = [load_config(FitGraphConfig, path, [f"output_dir={out / 'baselines' / '{model}'}",
+                                                     "write_predictions=true"]) for path in cfg.baselines]
+    for path, graph_cfg in zip(cfg.baselines, graph_cfgs):
+        check_baseline_config(graph_cfg, path, cfg.split, cfg.baseline_protocol)
+
     _stage("1. data + 2. modality inputs (text, image, graph)")
     dataset, tables = ensure_inputs(train_cfg)
     print(format_stats(dataset.stats))
 
     _stage("3. baselines on the same frozen candidates")
-    rows: dict[str, dict[str, float]] = {}
-    for path in cfg.baselines:
-        graph_cfg = load_config(FitGraphConfig, path, [f"output_dir={out / 'baselines' / '{model}'}"])
-        metrics = fit_graph(graph_cfg, dataset=dataset).metrics[cfg.split]
+    baseline_files: dict[str, Path] = {}
+    for graph_cfg in graph_cfgs:
+        result = fit_graph(graph_cfg, dataset=dataset)
         prefix = f"{cfg.baseline_protocol}/"
-        rows[graph_cfg.model_name] = {
-            "HitRate@1 (rank)": metrics[prefix + "HR@1"],
-            "HR@3 (rank)": metrics.get(prefix + "HR@3", float("nan")),
-        }
-        print(f"{graph_cfg.model_name}: {cfg.split} {prefix}HR@1 {metrics[prefix + 'HR@1']:.4f}")
+        baseline_files[graph_cfg.model_name] = predictions_path(result.run_dir, cfg.split, cfg.baseline_protocol)
+        print(f"{graph_cfg.model_name}: {cfg.split} {prefix}HR@1 {result.metrics[cfg.split][prefix + 'HR@1']:.4f} "
+              f"(every row; predictions in {baseline_files[graph_cfg.model_name]})")
 
     _stage("4. TMF training")
     checkpoint = train(train_cfg, dataset=dataset, tables=tables)
@@ -105,22 +110,27 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     generated = run_inference(load_config(InferConfig, None, [
         *common, "mode=generate", f"n_users={_yaml(cfg.generate_users)}",
         f"output={out / 'predictions-generate.jsonl'}"]), dataset=dataset, tables=tables)
-    evaluation = evaluate_files([ranked, generated], out / "eval", names=["TMF (rank)", "TMF (generate)"], ks=(1, 3))
-    tmf_rank = evaluation["runs"]["TMF (rank)"]
-    tmf_gen = evaluation["runs"]["TMF (generate)"]
-    rows["TMF"] = {
-        "HitRate@1 (rank)": tmf_rank["HR@1"],
-        "HR@3 (rank)": tmf_rank["HR@3"],
-        "HitRate@1 (generate)": tmf_gen["HitRate@1"],
-        "ValidRatio (generate)": tmf_gen["ValidRatio"],
-    }
 
     _stage("6. report")
+    aligned = {name: restrict_to_rows(path, ranked, out / "eval" / f"{name}-{cfg.split}-{cfg.baseline_protocol}.jsonl")
+               for name, path in baseline_files.items()}
+    names = [*aligned, "TMF (rank)", "TMF (generate)"]
+    evaluation = evaluate_files([*aligned.values(), ranked, generated], out / "eval", names=names, ks=(1, 3))
+    runs = evaluation["runs"]
+    rows: dict[str, dict[str, float]] = {}
+    for name in [*aligned, "TMF (rank)"]:
+        rows[name.removesuffix(" (rank)")] = {
+            "HitRate@1 (rank)": runs[name]["HR@1"],
+            "HR@3 (rank)": runs[name].get("HR@3", float("nan")),
+        }
+    tmf_rank, tmf_gen = runs["TMF (rank)"], runs["TMF (generate)"]
+    rows["TMF"].update({"HitRate@1 (generate)": tmf_gen["HitRate@1"], "ValidRatio (generate)": tmf_gen["ValidRatio"]})
     report = {
         "dataset": dataset.name,
         "split": cfg.split,
         "n_users_ranked": tmf_rank["n"],
         "n_users_generated": tmf_gen["n"],
+        "n_rows_ranked": {name.removesuffix(" (rank)"): runs[name]["n"] for name in [*aligned, "TMF (rank)"]},
         "rows": rows,
         "checkpoint": str(checkpoint),
         "wall_seconds": time.perf_counter() - started,
@@ -130,12 +140,66 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     (out / "report.md").write_text(table, encoding="utf-8")
     _plot(rows, out / "report.png")
     print(table)
-    if cfg.rank_users is not None:
-        print(f"WARNING: TMF was ranked on {cfg.rank_users} users only; the baseline rows cover every user")
-    print(f"ranking: {report['n_users_ranked']} {cfg.split} users on the baselines' frozen candidates; "
-          f"generation: {report['n_users_generated']} users. Written to {out}/report.{{md,json,png}}")
+    scored = ", ".join(f"{name} {n}" for name, n in report["n_rows_ranked"].items())
+    print(f"ranking: every model scored on the same {report['n_users_ranked']} {cfg.split} rows and frozen "
+          f"candidates ({scored}); generation: {report['n_users_generated']} users. "
+          f"Written to {out}/report.{{md,json,png}}")
     print(f"pipeline finished in {report['wall_seconds'] / 60:.1f} min")
     return report
+
+
+def check_baseline_config(graph_cfg: Any, path: str, split: str, protocol: str) -> None:
+    """Fail before any training when a baseline config cannot write the predictions the report needs."""
+    from graph_encoders.predictions import MAX_PREDICTION_CANDIDATES
+
+    if split not in graph_cfg.splits:
+        raise ConfigError(f"{path}: splits {graph_cfg.splits} lacks {split!r} (the pipeline's split)")
+    sizes = {p.name: p.size for p in graph_cfg.eval.protocols}
+    if protocol not in sizes:
+        raise ConfigError(f"{path}: eval.protocols has no {protocol!r} (baseline_protocol); has {sorted(sizes)}")
+    if sizes[protocol] > MAX_PREDICTION_CANDIDATES:
+        raise ConfigError(f"{path}: protocol {protocol!r} has {sizes[protocol]} candidates; fit-graph writes "
+                          f"predictions only for protocols of <= {MAX_PREDICTION_CANDIDATES}")
+
+
+def restrict_to_rows(path: str | Path, reference: str | Path, output: str | Path) -> Path:
+    """Write to ``output`` the lines of predictions file ``path`` for the rows of ``reference``, in its order.
+
+    Rows are matched on ``(split, row, user)``; every reference row must be in ``path`` with
+    the same candidate item ids and target index (the same frozen candidate set), else a
+    ``PredictionsError`` names both files and the row.
+    """
+    from graph_encoders.predictions import write_records
+    from llmrec.evaluation import PredictionsError, read_predictions
+
+    source, wanted = read_predictions(path), read_predictions(reference)
+    by_key = {}
+    for record, line in zip(source.records, source.line_numbers):
+        key = _row_key(record, f"{source.path}:{line}")
+        if key in by_key:
+            raise PredictionsError(f"{source.path}:{line}: row {key} appears twice")
+        by_key[key] = record
+    kept = []
+    for record, line in zip(wanted.records, wanted.line_numbers):
+        key = _row_key(record, f"{wanted.path}:{line}")
+        found = by_key.get(key)
+        if found is None:
+            raise PredictionsError(f"{wanted.path}:{line}: (split, row, user) {key} is not in {source.path}")
+        same = ([c.get("item_id") for c in found["candidates"]] == [c.get("item_id") for c in record["candidates"]]
+                and found["target_index"] == record["target_index"])
+        if not same:
+            raise PredictionsError(f"{wanted.path}:{line}: row {key} has other candidates (or target index) in "
+                                   f"{source.path}; the two files are not on the same frozen candidate set")
+        kept.append(found)
+    return write_records(output, kept)
+
+
+def _row_key(record: dict[str, Any], where: str) -> tuple[str, int, str]:
+    from llmrec.evaluation import PredictionsError
+
+    if "split" not in record or "row" not in record:
+        raise PredictionsError(f"{where}: missing key 'split' or 'row' (needed to match rows across files)")
+    return str(record["split"]), int(record["row"]), str(record["user"])
 
 
 def _yaml(value: int | None) -> str:
@@ -165,7 +229,7 @@ def _plot(rows: dict[str, dict[str, float]], path: Path) -> None:
     ax.bar_label(bars, fmt="%.3f")
     ax.set_ylabel("HitRate@1 (candidate ranking)")
     ax.set_ylim(0, 1)
-    ax.set_title("Same frozen candidates, every user")
+    ax.set_title("Same frozen candidates, same rows")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
