@@ -27,212 +27,24 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from llmrec import checkpoint as ckpt
-from llmrec.config import ConfigError, load_config, save_config, to_dict
+from llmrec.config import ConfigError, save_config, to_dict
 from llmrec.curriculum import CurriculumConfig, CurriculumSampler
-from llmrec.model import ModalityTables, ModelConfig, TMFModel
-from llmrec.prompts import PromptConfig
+from llmrec.model import ModalityTables, TMFModel
+# Re-exported: the configuration and the pure helpers live in their own modules.
+from llmrec.train_config import (TRAIN_CONFIG_FILE, CandidateSettings, CurriculumSettings, EvalSettings,  # noqa: F401
+                                 OptimizerSettings, TrainConfig, load_train_config)
+from llmrec.train_schedule import (configure_deepspeed, estimate_prompt_lengths, fill_deepspeed_auto,  # noqa: F401
+                                   learning_rate, plan_epoch, resolve_precision)
 
 logger = logging.getLogger(__name__)
-
-TRAIN_CONFIG_FILE = "train_config.yaml"
-
-
-@dataclass
-class CurriculumSettings:
-    """Eq. 12-14 schedule; T and T1 default to the run's length."""
-
-    t1_fraction: float = 1 / 3
-    """T1 as a fraction of T when ``t1`` is unset (the paper gives no value; see docs/training.md)."""
-    t1: int | None = None
-    total: int | None = None
-    """T; default the run's total optimizer steps."""
-    per_sample: bool = False
-    fixed_task: Literal["easy", "medium", "hard"] | None = None
-    """Train one task only (text-only baseline: easy; ablations)."""
-
-    def validate(self) -> None:
-        if not 0.0 <= self.t1_fraction < 1.0:
-            raise ConfigError(f"curriculum.t1_fraction must be in [0, 1), got {self.t1_fraction}")
-
-
-@dataclass
-class OptimizerSettings:
-    """AdamW over LoRA (Phi_LLM) and the adaptors (Psi); TMF §5.1 uses Adam."""
-
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    """Decay of the LoRA weights (LLaRA: none)."""
-    adaptor_weight_decay: float = 1e-5
-    """Decay of fusion and adaptor weights (LLaRA's projector: 1e-5)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    warmup_ratio: float = 0.05
-    """Warm-up steps as a fraction of all steps (LLaRA: max_step // 20)."""
-    warmup_start_lr: float = 2e-6
-    min_lr: float = 2e-6
-
-    def validate(self) -> None:
-        if self.lr <= 0 or self.min_lr < 0 or self.warmup_start_lr < 0:
-            raise ConfigError("optimizer.lr must be > 0 and min_lr, warmup_start_lr >= 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-
-
-@dataclass
-class CandidateSettings:
-    """Which frozen candidate set a split uses (``SequenceDataset.candidates``)."""
-
-    sampler: Literal["uniform", "popularity"] = "uniform"
-    size: int = 11
-    """Candidates per prompt, target included (TMF §5.1: the target plus 10 non-interacted items)."""
-    seed: int = 0
-
-
-@dataclass
-class EvalSettings:
-    """HitRate@1 by candidate ranking on a fixed validation subset."""
-
-    every: int = 0
-    """Evaluate every N optimizer steps (0: only after the last step; -1: never)."""
-    n_samples: int = 64
-    batch_size: int = 16
-    """Rows (prompt x candidate) per forward pass."""
-    task: Literal["easy", "medium", "hard"] | None = None
-    """Prompt task of the evaluation; default curriculum.fixed_task, else hard (full TMF)."""
-    candidates: CandidateSettings = field(default_factory=CandidateSettings)
-
-
-@dataclass
-class TrainConfig:
-    """One training run (every key is documented in docs/training.md)."""
-
-    output_dir: str = "runs/tmf"
-    data_config: str | None = None
-    """Data config YAML (llmrec.data); with encode/graph configs read by llmrec.stages.ensure_inputs."""
-    encode_config: str | None = None
-    graph_config: str | None = None
-    data_overrides: list[str] = field(default_factory=list)
-    """Dotted overrides applied to the data config (e.g. ``max_history=10``)."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: PromptConfig = field(default_factory=PromptConfig)
-    curriculum: CurriculumSettings = field(default_factory=CurriculumSettings)
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    train_candidates: CandidateSettings = field(default_factory=CandidateSettings)
-    batch_size: int = 4
-    """Micro-batch per process; effective batch = batch_size * gradient_accumulation_steps * processes."""
-    gradient_accumulation_steps: int = 1
-    max_length: int | None = 1024
-    """Tokens per row (prompt + answer); over-long rows lose their oldest history items."""
-    epochs: float = 3.0
-    max_steps: int | None = None
-    """Optimizer steps; overrides epochs when set."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto: bf16 autocast where the device supports it (CUDA bf16, CPU AVX512-BF16/AMX), else fp32."""
-    length_grouping: bool = True
-    length_group_size: int = 32
-    save_every: int = 0
-    """Checkpoint every N steps (0: only at the end)."""
-    keep_last: int = 2
-    log_every: int = 10
-    seed: int = 0
-    num_threads: int | None = None
-    """torch CPU threads (null: torch's default)."""
-    deepspeed_config: str | None = None
-    """A configs/deepspeed/*.json file for single-command runs; ``accelerate launch`` configs also work."""
-
-    def validate(self) -> None:
-        for key in ("batch_size", "gradient_accumulation_steps", "length_group_size", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0 when max_steps is unset, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1 or null, got {self.max_steps}")
-
-
-def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A recipe with dotted overrides; ``train.<key>=v`` is accepted as ``<key>=v`` (the recipe *is* the train section)."""
-    overrides = [o[len("train."):] if o.startswith("train.") else o for o in overrides]
-    return load_config(TrainConfig, path, overrides)
-
-
-# ----------------------------------------------------------------------------- pure helpers
-def learning_rate(step: int, total: int, cfg: OptimizerSettings) -> float:
-    """Linear warm-up from ``warmup_start_lr`` to ``lr``, then cosine decay to ``min_lr`` at ``total``."""
-    warmup = int(cfg.warmup_ratio * total)
-    if step < warmup:
-        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def plan_epoch(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_size: int | None) -> list[np.ndarray]:
-    """Seeded micro-batches of row indices for one epoch, length-grouped when ``group_size`` is set."""
-    rng = np.random.default_rng([seed, epoch, 0x6C656E])
-    order = rng.permutation(len(lengths))
-    if group_size:
-        span = batch_size * group_size
-        groups = [order[s:s + span] for s in range(0, len(order), span)]
-        order = np.concatenate([g[np.argsort(-lengths[g], kind="stable")] for g in groups]) if groups else order
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    if group_size:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def resolve_precision(precision: str) -> str:
-    """accelerate's mixed_precision value for ``precision`` on this machine."""
-    if precision != "auto":
-        return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-
-
-def estimate_prompt_lengths(samples: dict[str, list], candidates: np.ndarray, title_tokens: np.ndarray) -> np.ndarray:
-    """Token-length estimate per row: title tokens of history and candidates + ~3 per history entry."""
-    history = samples["history_items"]
-    return np.array([title_tokens[h].sum() + 3 * len(h) + title_tokens[c].sum() + 2 * len(c)
-                     for h, c in zip(history, candidates)], dtype=np.int64)
-
-
-def configure_deepspeed(accelerator_kwargs: dict[str, Any], cfg: TrainConfig) -> None:
-    """A DeepSpeedPlugin from ``cfg.deepspeed_config`` (when not already set by ``accelerate launch``)."""
-    if cfg.deepspeed_config is None:
-        return
-    from accelerate.utils import DeepSpeedPlugin
-
-    path = Path(cfg.deepspeed_config)
-    if not path.is_file():
-        raise ConfigError(f"deepspeed_config: file not found: {path}")
-    accelerator_kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=json.loads(path.read_text()))
-
-
-def fill_deepspeed_auto(accelerator: Any, cfg: TrainConfig) -> None:
-    """Replace DeepSpeed ``"auto"`` values that accelerate cannot infer (we prepare no dataloader)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    values = {"train_micro_batch_size_per_gpu": cfg.batch_size,
-              "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-              "train_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
-              "gradient_clipping": cfg.optimizer.max_grad_norm or 0.0}
-    for key, value in values.items():
-        if ds.get(key, "auto") == "auto":
-            ds[key] = value
-    plugin.gradient_accumulation_steps = cfg.gradient_accumulation_steps
 
 
 class Trainer:
