@@ -7,7 +7,9 @@ Stages (each reuses its cache, so a second run is fast):
 1. data      prepare the dataset, print its statistics;
 2. inputs    text / image tables and the graph encoder's item + behavior tables (``llmrec.stages``);
 3. baselines conventional sequential recommenders on the same frozen candidates; each run
-             writes per-row predictions (``graph_encoders.predictions``);
+             writes per-row predictions (``graph_encoders.predictions``) into its config's own
+             ``output_dir`` and is reused when it matches (``llmrec.stages.ensure_graph_run``), so
+             a baseline with the recipe's graph config (MBHT) is the graph stage's run, not a second one;
 4. train     TMF fine-tuning (LoRA + adaptors, curriculum) for the recipe's steps;
 5. evaluate  TMF candidate ranking on every user of the split (or ``rank_users`` of them) and
              greedy generation on a seeded subset (HitRate@1, ValidRatio);
@@ -64,12 +66,12 @@ def _stage(name: str) -> None:
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run every stage; return the report (also written to ``<output_dir>/report.json``)."""
-    from graph_encoders.cli import FitGraphConfig, fit_graph
+    from graph_encoders.cli import FitGraphConfig
     from graph_encoders.predictions import predictions_path
     from llmrec.data.stats import format_stats
     from llmrec.evaluation import evaluate_files
     from llmrec.inference import InferConfig, run_inference
-    from llmrec.stages import ensure_inputs
+    from llmrec.stages import ensure_graph_run, ensure_inputs
     from llmrec.training import load_train_config, train
 
     started = time.perf_counter()
@@ -79,8 +81,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     train_overrides = [*cfg.recipe_overrides, f"output_dir={out / 'tmf'}"]
     train_cfg = load_train_config(cfg.recipe, train_overrides)
 
-    graph_cfgs = [load_config(FitGraphConfig, path, [f"output_dir={out / 'baselines' / '{model}'}",
-                                                     "write_predictions=true"]) for path in cfg.baselines]
+    graph_cfgs = [load_config(FitGraphConfig, path) for path in cfg.baselines]
     for path, graph_cfg in zip(cfg.baselines, graph_cfgs):
         check_baseline_config(graph_cfg, path, cfg.split, cfg.baseline_protocol)
 
@@ -90,11 +91,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     _stage("3. baselines on the same frozen candidates")
     baseline_files: dict[str, Path] = {}
-    for graph_cfg in graph_cfgs:
-        result = fit_graph(graph_cfg, dataset=dataset)
+    for path, graph_cfg in zip(cfg.baselines, graph_cfgs):
+        # the configs' own run folders: a baseline that is also the recipe's graph encoder is one run
+        run_dir = ensure_graph_run(path, dataset, predictions=((cfg.split, cfg.baseline_protocol),))
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         prefix = f"{cfg.baseline_protocol}/"
-        baseline_files[graph_cfg.model_name] = predictions_path(result.run_dir, cfg.split, cfg.baseline_protocol)
-        print(f"{graph_cfg.model_name}: {cfg.split} {prefix}HR@1 {result.metrics[cfg.split][prefix + 'HR@1']:.4f} "
+        baseline_files[graph_cfg.model_name] = predictions_path(run_dir, cfg.split, cfg.baseline_protocol)
+        print(f"{graph_cfg.model_name}: {cfg.split} {prefix}HR@1 {metrics[cfg.split][prefix + 'HR@1']:.4f} "
               f"(every row; predictions in {baseline_files[graph_cfg.model_name]})")
 
     _stage("4. TMF training")
@@ -152,6 +155,8 @@ def check_baseline_config(graph_cfg: Any, path: str, split: str, protocol: str) 
     """Fail before any training when a baseline config cannot write the predictions the report needs."""
     from graph_encoders.predictions import MAX_PREDICTION_CANDIDATES
 
+    if not graph_cfg.write_predictions:
+        raise ConfigError(f"{path}: write_predictions is false; the report needs the baseline's per-row predictions")
     if split not in graph_cfg.splits:
         raise ConfigError(f"{path}: splits {graph_cfg.splits} lacks {split!r} (the pipeline's split)")
     sizes = {p.name: p.size for p in graph_cfg.eval.protocols}

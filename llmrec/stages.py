@@ -5,8 +5,10 @@ Each stage has its own cache, so calling these functions again is cheap:
 * data   -> ``llmrec.data.prepare`` (Arrow cache keyed by input bytes + config);
 * encode -> ``llmrec.encoders.run_encoding`` (tables keyed by encoder, weights, catalog, template);
 * graph  -> ``graph_encoders.cli.fit_graph``; a finished run folder is reused when its
-  ``embeddings.safetensors`` was written for the same dataset fingerprint and its saved
-  config equals the requested one, otherwise the model is trained again.
+  ``embeddings.safetensors`` was written for the same dataset fingerprint, its saved
+  config equals the requested one and it holds the predictions files asked for,
+  otherwise the model is trained again (:func:`ensure_graph_run`; the pipeline's
+  baselines go through it too).
 
 Every stage logs what it builds or reuses, so ``python train.py --config ...`` on a fresh
 checkout says why it takes longer the first time.
@@ -50,21 +52,57 @@ def ensure_item_tables(encode_config: str | Path, dataset: SequenceDataset) -> d
     return run.tables
 
 
+def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset, overrides: list[str] | tuple[str, ...] = (),
+                     predictions: tuple[tuple[str, str], ...] = ()) -> Path:
+    """The run folder of a graph encoder / baseline trained on ``dataset``: reused when it matches, else trained.
+
+    A finished run is reused when its ``embeddings.safetensors`` was written for the same dataset
+    fingerprint, its saved config equals the requested one and it holds the per-row predictions files
+    named by ``predictions`` (``(split, protocol)`` pairs); otherwise the model is trained again. So the
+    pipeline's MBHT baseline and the recipe's MBHT graph stage are one run, and a second pipeline run
+    trains no baseline again.
+    """
+    from graph_encoders.cli import FitGraphConfig, fit_graph
+    from graph_encoders.predictions import predictions_path
+
+    cfg = load_config(FitGraphConfig, graph_config, overrides)
+    run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
+    missing = [predictions_path(run_dir, split, protocol) for split, protocol in predictions
+               if not predictions_path(run_dir, split, protocol).is_file()]
+    if _graph_run_matches(run_dir, run_dir / "embeddings.safetensors", cfg, dataset):
+        log.info("stage graph: reusing the %s run in %s", cfg.model_name, run_dir)
+        if missing:
+            _write_missing_predictions(run_dir, dataset, [(s, p) for s, p in predictions
+                                                          if predictions_path(run_dir, s, p) in missing])
+        return run_dir
+    log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name, dataset.name, run_dir)
+    fit_graph(cfg, dataset=dataset)
+    return run_dir
+
+
+def _write_missing_predictions(run_dir: Path, dataset: SequenceDataset, wanted: list[tuple[str, str]]) -> None:
+    """Predictions files of a finished run that lacks them, from its restored best weights (no training)."""
+    from graph_encoders.batching import SequenceBatcher
+    from graph_encoders.cli import load_run
+    from graph_encoders.predictions import baseline_prediction_records, predictions_path, write_records
+
+    model, dataset, config = load_run(run_dir, dataset=dataset)
+    protocols = {p.name: p for p in config.eval.protocols}
+    batcher = SequenceBatcher(dataset, model.config.max_len, config.sequence)
+    for split, name in wanted:
+        if name not in protocols:
+            raise KeyError(f"{run_dir / 'config.yaml'}: eval.protocols has no {name!r}; known: {sorted(protocols)}")
+        records = baseline_prediction_records(model, batcher, split, protocols[name], config.eval)
+        log.info("stage graph: wrote %s from the run's best weights", write_records(
+            predictions_path(run_dir, split, name), records))
+
+
 def ensure_graph_table(graph_config: str | Path, dataset: SequenceDataset) -> EmbeddingTable:
     """Item + behavior embeddings of a graph encoder trained on ``dataset`` (trained once, then reused)."""
-    from graph_encoders.cli import FitGraphConfig, fit_graph
-
-    cfg = load_config(FitGraphConfig, graph_config)
-    run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
-    table_path = run_dir / "embeddings.safetensors"
-    if _graph_run_matches(run_dir, table_path, cfg, dataset):
-        log.info("stage graph: reusing %s", table_path)
-        return load_table(table_path)
-    log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name, dataset.name, run_dir)
-    result = fit_graph(cfg, dataset=dataset)
-    if result.table_path is None:
+    table_path = ensure_graph_run(graph_config, dataset) / "embeddings.safetensors"
+    if not table_path.is_file():
         raise RuntimeError(f"{graph_config}: export is off, so the graph run wrote no embedding table")
-    return load_table(result.table_path)
+    return load_table(table_path)
 
 
 def _graph_run_matches(run_dir: Path, table_path: Path, cfg: Any, dataset: SequenceDataset) -> bool:
