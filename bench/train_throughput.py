@@ -4,17 +4,18 @@ Runs, each in its own process (so peak RSS is per configuration):
 
 * ``ours``: :class:`llmrec.training.Trainer` steps (render + collate + forward + backward + AdamW) on
   the easy task and the hard task, with length-grouped batches and logits only at label positions;
-* ``plain``: what a practitioner writes: the same easy-task (text-only) token ids and labels,
-  batches in random order without length grouping, ``model(input_ids, attention_mask, labels).loss``
-  (full ``[B, T, vocab]`` logits), the same LoRA settings and AdamW;
+* ``plain``: what a practitioner writes: the same easy-task (text-only) token ids and labels of
+  exactly the rows our easy run trained (it writes them), each step's rows in random order without
+  length grouping, ``model(input_ids, attention_mask, labels).loss`` (full ``[B, T, vocab]``
+  logits), the same LoRA settings and AdamW;
 
-each in fp32 and in bf16 autocast. Reported: samples/s, real (non-padding) tokens/s, seconds per
+each in fp32 and in bf16 autocast, ``--repeats`` times interleaved. Reported (medians): samples/s, real (non-padding) tokens/s, seconds per
 sample, peak RSS; the first step of each run is warm-up and not timed. The prompts are ML-100k's
 (``$LLMREC_DATA_DIR`` set) or the synthetic shop's; embedding tables are random (their values do not
 change the cost). Targets (docs/training.md): ours >= 1.15x plain at the same precision, ours at the
 default precision >= 1.5x plain fp32, hard <= 1.15x easy per sample, our peak RSS <= plain's.
 
-    python bench/train_throughput.py                       # full size (the lead runs it on an idle machine)
+    python bench/train_throughput.py --repeats 2           # full size, on an idle machine
     python bench/train_throughput.py --steps 2 --batch-size 2 --max-history 4   # tiny check
 
 Writes bench/out/train_throughput.json and .md.
@@ -65,7 +66,7 @@ def random_tables(dataset):
 def train_config(args, task: str, precision: str):
     from llmrec.training import load_train_config
 
-    size = 20 if os.environ.get("LLMREC_DATA_DIR") else 11
+    size = 10  # the recipes' frozen uniform-10 candidate sets (configs/tmf_smollm2_*.yaml)
     return load_train_config(None, [
         f"output_dir={OUT / 'train_throughput_run'}", f"batch_size={args.batch_size}",
         f"gradient_accumulation_steps={args.grad_accum}", f"max_steps={args.steps + 1}", "eval.every=-1",
@@ -80,6 +81,11 @@ def run_ours(args) -> dict:
     trainer = Trainer(train_config(args, args.task, args.precision), dataset, random_tables(dataset))
     records = [trainer.train_step() for _ in range(args.steps + 1)]
     timed = records[1:] or records  # the first step is warm-up
+    if args.rows_file:  # the rows of every step (warm-up first), so the plain loop trains the same samples
+        per_step = trainer.micro_per_step
+        steps = [[int(r) for m in trainer.plan[s * per_step:(s + 1) * per_step] for r in m]
+                 for s in range(args.steps + 1)]
+        Path(args.rows_file).write_text(json.dumps(steps))
     return {"samples": sum(sum(r["tasks"].values()) for r in timed), "seconds": sum(r["seconds"] for r in timed),
             "tokens": sum(r["tokens"] for r in timed)}
 
@@ -109,7 +115,10 @@ def run_plain(args) -> dict:
     collator = TMFCollator(tokenizer, renderer, cfg.max_length)
     cands = dataset.candidates("train", size=cfg.train_candidates.size)
     train = dataset.samples["train"]
-    order = np.random.default_rng(0).permutation(len(train))  # random batches, no length grouping
+    # the samples our loop trained, step by step, each step's rows in random order (no length grouping)
+    steps = json.loads(Path(args.rows_file).read_text())
+    rng = np.random.default_rng(0)
+    order = np.concatenate([rng.permutation(rows) for rows in steps])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     samples = tokens = 0
     seconds = 0.0
@@ -122,7 +131,7 @@ def run_plain(args) -> dict:
             cursor += args.batch_size
             prompts = [renderer.render(train[int(r)]["history_items"], train[int(r)]["history_behaviors"],
                                        cands.items[r], int(cands.target_index[r]), "easy",
-                                       np.random.default_rng(int(r))) for r in rows]
+                                       np.random.default_rng([0, 0, int(r)])) for r in rows]  # our paraphrase draw
             batch = collator(prompts)
             with autocast:
                 loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -154,7 +163,9 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--max-history", type=int, default=10)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, interleaved; medians reported")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-file", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["ours", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--task", default="easy", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
@@ -163,26 +174,35 @@ def main() -> None:
         worker(args)
         return
 
+    import numpy as np
+
     from llmrec.training import resolve_precision
 
     default_precision = "bf16" if resolve_precision("auto") == "bf16" else "fp32"
+    # ours/easy first: it writes the rows it trained, which the plain loop then trains too
     runs = [(loop, task, precision) for precision in ("fp32", "bf16")
-            for loop, task in (("plain", "easy"), ("ours", "easy"), ("ours", "hard"))]
+            for loop, task in (("ours", "easy"), ("plain", "easy"), ("ours", "hard"))]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    results = {}
-    for loop, task, precision in runs:
-        command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision", precision,
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
-                   str(args.grad_accum), "--max-history", str(args.max_history), "--max-length", str(args.max_length)]
-        print(f"running {loop} / {task} / {precision} ...", flush=True)
-        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if done.returncode or line is None:
-            sys.exit(f"{loop}/{task}/{precision} failed:\n{done.stderr[-4000:]}")
-        r = json.loads(line[len("RESULT "):])
-        r.update(samples_per_s=r["samples"] / r["seconds"], tokens_per_s=r["tokens"] / r["seconds"],
-                 seconds_per_sample=r["seconds"] / r["samples"])
-        results[f"{loop}/{task}/{precision}"] = r
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows_file = OUT / "train_throughput_rows.json"
+    measured: dict[str, list[dict]] = {}
+    for repeat in range(args.repeats):
+        for loop, task, precision in runs:
+            command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision", precision,
+                       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
+                       str(args.grad_accum), "--max-history", str(args.max_history), "--max-length",
+                       str(args.max_length), "--rows-file", str(rows_file) if (loop, task) != ("ours", "hard") else ""]
+            print(f"[{repeat + 1}/{args.repeats}] running {loop} / {task} / {precision} ...", flush=True)
+            done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if done.returncode or line is None:
+                sys.exit(f"{loop}/{task}/{precision} failed:\n{done.stderr[-4000:]}")
+            r = json.loads(line[len("RESULT "):])
+            r.update(samples_per_s=r["samples"] / r["seconds"], tokens_per_s=r["tokens"] / r["seconds"],
+                     seconds_per_sample=r["seconds"] / r["samples"])
+            measured.setdefault(f"{loop}/{task}/{precision}", []).append(r)
+    results = {key: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} | {"repeats": len(rs)}
+               for key, rs in measured.items()}
 
     def ratio(a: str, b: str, key: str = "samples_per_s") -> float:
         return results[a][key] / results[b][key]
@@ -199,10 +219,10 @@ def main() -> None:
     }
     report = {"settings": vars(args) | {"default_precision": d, "threads": 2,
                                         "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
-              "results": results, "ratios": checks}
-    OUT.mkdir(parents=True, exist_ok=True)
+              "results": results, "runs": measured, "ratios": checks, "load_average_after": os.getloadavg()}
     (OUT / "train_throughput.json").write_text(json.dumps(report, indent=2))
-    lines = ["| run | samples/s | real tokens/s | s/sample | peak RSS (MB) |", "|---|---|---|---|---|"]
+    lines = [f"Medians of {args.repeats} run(s) per configuration; the plain loop trains exactly the rows ours trained.", "",
+             "| run | samples/s | real tokens/s | s/sample | peak RSS (MB) |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['samples_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['seconds_per_sample']:.3f} | "
               f"{r['peak_rss_mb']:.0f} |" for k, r in results.items()]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in checks.items()]
