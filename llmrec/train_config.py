@@ -71,7 +71,7 @@ class EvalSettings:
     """HitRate@1 by candidate ranking on a fixed validation subset."""
 
     every: int = 0
-    """Evaluate every N optimizer steps (0: only after the last step; -1: never)."""
+    """Evaluate every N optimizer steps and after the last one (0: only after the last step; -1: never)."""
     n_samples: int = 64
     batch_size: int = 16
     """Rows (prompt x candidate) per forward pass."""

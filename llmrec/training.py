@@ -204,7 +204,7 @@ class Trainer:
                             "/".join(f"{record['p'][t]:.2f}" for t in ("easy", "medium", "hard")),
                             record["tokens_per_s"])
             every = cfg.eval.every
-            if (every > 0 and self.step % every == 0) or (every == 0 and self.step == self.total_steps):
+            if (every > 0 and self.step % every == 0) or (every >= 0 and self.step == self.total_steps):
                 record["eval"] = self.evaluate()
             self._append_metrics(record)
             if cfg.save_every and self.step % cfg.save_every == 0:

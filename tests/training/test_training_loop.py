@@ -129,3 +129,10 @@ def test_trainer_sees_every_task_and_logs_progress(tmp_path, tiny_lm_dir, shop, 
     records = [json.loads(x) for x in trainer.metrics_file.read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in records)
+
+
+def test_validation_runs_every_n_steps_and_after_the_last(tmp_path, tiny_lm_dir, shop, tables):
+    trainer = Trainer(tiny_config(tmp_path, tiny_lm_dir, "evals", "max_steps=3", "eval.every=2"), shop, tables)
+    trainer.run()
+    assert [r["step"] for r in trainer.eval_history] == [2, 3]
+    assert all(0.0 <= r["HR@1"] <= 1.0 for r in trainer.eval_history)
