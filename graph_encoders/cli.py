@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,9 @@ from graph_encoders.base import DatasetSpec, SequentialRecommender, build_model,
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import EvalConfig, evaluate_split
 from graph_encoders.export import export_embeddings
-from graph_encoders.predictions import predictions_path, records_of, write_records, written_protocols
+from graph_encoders.predictions import predictions_path, records_of, written_protocols
 from graph_encoders.trainer import CHECKPOINT_DIR, Trainer, TrainConfig, seed_everything
+from llmrec.atomic import write_json, write_jsonl
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
         eval_seconds[split] = time.perf_counter() - t0
         for protocol in keep:
             path = predictions_path(run_dir, split, protocol)
-            write_records(path, records_of(evaluation, dataset, split, protocol, config.model_name))
+            write_jsonl(path, records_of(evaluation, dataset, split, protocol, config.model_name))
             log.info("wrote %s", path)
     table_path = None
     if config.export:
@@ -129,7 +128,7 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
         "history": state.history,
         "config": to_dict(config),
     }
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
     log.info("wrote %s", run_dir / "metrics.json")
     return FitResult(run_dir, metrics, table_path)
 
@@ -153,13 +152,6 @@ def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecomm
     model = build_model(config.model_name, config.model_params, DatasetSpec.from_dataset(dataset))
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), dataset, config
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:

@@ -17,9 +17,7 @@ Titles are the catalog titles, whitespace-normalized (``item <id>`` when empty);
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +27,7 @@ import numpy as np
 from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import CandidateProtocol, EvalConfig, SplitEvaluation, evaluate_split
+from llmrec.atomic import write_jsonl as write_records  # noqa: F401  (the one atomic JSONL writer; old name)
 
 if TYPE_CHECKING:
     from llmrec.data.types import CandidateSet
@@ -102,21 +101,6 @@ def records_of(result: SplitEvaluation, dataset: Any, split: str, protocol: str,
     if protocol not in result.scores:
         raise KeyError(f"protocol {protocol!r}: no kept scores (evaluate_split kept {sorted(result.scores)})")
     return prediction_records(dataset, split, result.candidates[protocol], result.scores[protocol], model_name, names)
-
-
-def write_records(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
-    """Write one JSON line per record, atomically (a temp file, then a rename; like ``llmrec infer``).
-
-    Kept here rather than importing ``llmrec.inference.write_jsonl`` so fit-graph does not import the LLM stack.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def written_protocols(config: EvalConfig) -> list[str]:

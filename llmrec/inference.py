@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from llmrec.atomic import write_jsonl
 from llmrec.config import ConfigError, load_config, to_dict
 from llmrec.generation.hf import GenerationSettings
 from llmrec.generation.vllm import VLLMSettings
@@ -207,16 +207,6 @@ def prediction_records(dataset: Any, renderer: Any, split: str, rows: np.ndarray
             record["prompt"] = prompt.text()
         records.append(record)
     return records
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- running

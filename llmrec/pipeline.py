@@ -174,7 +174,7 @@ def restrict_to_rows(path: str | Path, reference: str | Path, output: str | Path
     the same candidate item ids and target index (the same frozen candidate set), else a
     ``PredictionsError`` names both files and the row.
     """
-    from graph_encoders.predictions import write_records
+    from llmrec.atomic import write_jsonl
     from llmrec.evaluation import PredictionsError, read_predictions
 
     source, wanted = read_predictions(path), read_predictions(reference)
@@ -196,7 +196,7 @@ def restrict_to_rows(path: str | Path, reference: str | Path, output: str | Path
             raise PredictionsError(f"{wanted.path}:{line}: row {key} has other candidates (or target index) in "
                                    f"{source.path}; the two files are not on the same frozen candidate set")
         kept.append(found)
-    return write_records(output, kept)
+    return write_jsonl(output, kept)
 
 
 def _row_key(record: dict[str, Any], where: str) -> tuple[str, int, str]:

@@ -84,7 +84,8 @@ def _write_missing_predictions(run_dir: Path, dataset: SequenceDataset, wanted: 
     """Predictions files of a finished run that lacks them, from its restored best weights (no training)."""
     from graph_encoders.batching import SequenceBatcher
     from graph_encoders.cli import load_run
-    from graph_encoders.predictions import baseline_prediction_records, predictions_path, write_records
+    from graph_encoders.predictions import baseline_prediction_records, predictions_path
+    from llmrec.atomic import write_jsonl
 
     model, dataset, config = load_run(run_dir, dataset=dataset)
     protocols = {p.name: p for p in config.eval.protocols}
@@ -93,7 +94,7 @@ def _write_missing_predictions(run_dir: Path, dataset: SequenceDataset, wanted: 
         if name not in protocols:
             raise KeyError(f"{run_dir / 'config.yaml'}: eval.protocols has no {name!r}; known: {sorted(protocols)}")
         records = baseline_prediction_records(model, batcher, split, protocols[name], config.eval)
-        log.info("stage graph: wrote %s from the run's best weights", write_records(
+        log.info("stage graph: wrote %s from the run's best weights", write_jsonl(
             predictions_path(run_dir, split, name), records))
 
 

@@ -14,14 +14,14 @@ and anything else the producer wants to record (encoder settings, timings).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from llmrec.atomic import atomic_write
 
 
 @dataclass
@@ -40,18 +40,6 @@ class EmbeddingTable:
         return int(self.item.shape[0])
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_table(path: str | Path, table: EmbeddingTable) -> Path:
     """Write ``table`` to ``path`` (.safetensors) and its metadata to ``path`` with .json; atomic."""
     path = Path(path)
@@ -64,9 +52,9 @@ def save_table(path: str | Path, table: EmbeddingTable) -> Path:
     tensors = {"item": item, "item_mask": mask}
     if table.behavior is not None:
         tensors["behavior"] = table.behavior.detach().to(torch.float32).contiguous().cpu()
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
     meta = json.dumps(table.metadata, indent=2, sort_keys=True, default=str)
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
     return path
 
 
