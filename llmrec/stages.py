@@ -6,8 +6,8 @@ Each stage has its own cache, so calling these functions again is cheap:
 * encode -> ``llmrec.encoders.run_encoding`` (tables keyed by encoder, weights, catalog, template);
 * graph  -> ``graph_encoders.cli.fit_graph``; a finished run folder is reused when its
   ``embeddings.safetensors`` was written for the same dataset fingerprint, its saved
-  config equals the requested one and it holds the predictions files asked for,
-  otherwise the model is trained again (:func:`ensure_graph_run`; the pipeline's
+  config equals the requested one (missing predictions files are then written from its
+  best weights), otherwise the model is trained again (:func:`ensure_graph_run`; the pipeline's
   baselines go through it too).
 
 Every stage logs what it builds or reuses, so ``python train.py --config ...`` on a fresh
@@ -52,28 +52,28 @@ def ensure_item_tables(encode_config: str | Path, dataset: SequenceDataset) -> d
     return run.tables
 
 
-def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset, overrides: list[str] | tuple[str, ...] = (),
+def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset,
                      predictions: tuple[tuple[str, str], ...] = ()) -> Path:
     """The run folder of a graph encoder / baseline trained on ``dataset``: reused when it matches, else trained.
 
     A finished run is reused when its ``embeddings.safetensors`` was written for the same dataset
-    fingerprint, its saved config equals the requested one and it holds the per-row predictions files
-    named by ``predictions`` (``(split, protocol)`` pairs); otherwise the model is trained again. So the
+    fingerprint and its saved config equals the requested one; the per-row predictions files named by
+    ``predictions`` (``(split, protocol)`` pairs) that it lacks are then written from its best weights
+    without training. Otherwise the model is trained (again). So the
     pipeline's MBHT baseline and the recipe's MBHT graph stage are one run, and a second pipeline run
     trains no baseline again.
     """
     from graph_encoders.cli import FitGraphConfig, fit_graph
     from graph_encoders.predictions import predictions_path
 
-    cfg = load_config(FitGraphConfig, graph_config, overrides)
+    cfg = load_config(FitGraphConfig, graph_config)
     run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
-    missing = [predictions_path(run_dir, split, protocol) for split, protocol in predictions
+    missing = [(split, protocol) for split, protocol in predictions
                if not predictions_path(run_dir, split, protocol).is_file()]
     if _graph_run_matches(run_dir, run_dir / "embeddings.safetensors", cfg, dataset):
         log.info("stage graph: reusing the %s run in %s", cfg.model_name, run_dir)
         if missing:
-            _write_missing_predictions(run_dir, dataset, [(s, p) for s, p in predictions
-                                                          if predictions_path(run_dir, s, p) in missing])
+            _write_missing_predictions(run_dir, dataset, missing)
         return run_dir
     log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name, dataset.name, run_dir)
     fit_graph(cfg, dataset=dataset)
