@@ -17,6 +17,7 @@ default precision >= 1.5x plain fp32, hard <= 1.15x easy per sample, our peak RS
 
     python bench/train_throughput.py --repeats 2           # full size, on an idle machine
     python bench/train_throughput.py --steps 2 --batch-size 2 --max-history 4   # tiny check
+    python bench/train_throughput.py --profile easy --steps 4 --precision fp32     # where the time goes
 
 Writes bench/out/train_throughput.json and .md.
 """
@@ -149,6 +150,30 @@ def run_plain(args) -> dict:
     return {"samples": samples, "seconds": seconds, "tokens": tokens}
 
 
+def profile(args) -> None:
+    """Where our loop's time goes: cProfile over ``--steps`` steps (after one warm-up step), by own time."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    from llmrec.training import Trainer
+
+    torch.set_num_threads(2)
+    dataset = build_dataset(args)
+    trainer = Trainer(train_config(args, args.profile, args.precision), dataset, random_tables(dataset))
+    trainer.train_step()  # warm-up
+    profiler = cProfile.Profile()
+    profiler.enable()
+    records = [trainer.train_step() for _ in range(args.steps)]
+    profiler.disable()
+    seconds = sum(r["seconds"] for r in records)
+    print(f"{args.profile} / {args.precision}: {args.steps} steps, {seconds:.1f} s, "
+          f"{sum(r['tokens'] for r in records)} real tokens")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(12)
+
+
 def worker(args) -> None:
     logging.basicConfig(level=logging.WARNING)
     result = run_ours(args) if args.loop == "ours" else run_plain(args)
@@ -164,12 +189,18 @@ def main() -> None:
     parser.add_argument("--max-history", type=int, default=10)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, interleaved; medians reported")
+    parser.add_argument("--profile", choices=["easy", "medium", "hard"],
+                        help="instead: cProfile --steps steps of our loop on this task (--precision) and print the "
+                             "functions with the most own time")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rows-file", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["ours", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--task", default="easy", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        profile(args)
+        return
     if args.worker:
         worker(args)
         return
