@@ -16,6 +16,7 @@ files would be large).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
@@ -35,6 +36,7 @@ from graph_encoders.export import export_embeddings
 from graph_encoders.predictions import predictions_path, records_of, written_protocols
 from graph_encoders.trainer import CHECKPOINT_DIR, Trainer, TrainConfig, seed_everything
 from llmrec.atomic import write_json, write_jsonl
+from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_or_exit, setup_logging
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -156,16 +158,16 @@ def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecomm
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="llmrec fit-graph", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/graph/sasrec_ml100k.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5 model.hidden_size=32")
+    add_config_arguments(parser, config_help="YAML file, e.g. configs/graph/sasrec_ml100k.yaml",
+                         overrides_example="train.epochs=5 model.hidden_size=32")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
+    config = load_or_exit(parser, functools.partial(load_config, FitGraphConfig), args)
     try:
-        config = load_config(FitGraphConfig, args.config, args.overrides)
-    except ConfigError as err:
-        parser.exit(2, f"llmrec fit-graph: {err}\n")
-    result = fit_graph(config, progress=not args.quiet)
+        result = fit_graph(config, progress=not args.quiet)
+    except (ConfigError, FileNotFoundError) as err:
+        return fail(parser.prog, err, EXIT_BAD_INPUT)
     summary = {split: result.metrics[split] for split in config.splits}
     print(json.dumps({"run_dir": str(result.run_dir), **summary}, indent=2))
     return 0

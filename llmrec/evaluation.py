@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrec.cli_common import fail, setup_logging
 from llmrec.metrics import DEFAULT_KS, candidate_ranking_metrics, parse_generation
 
 logger = logging.getLogger(__name__)
@@ -247,10 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for metrics.json, metrics.md and metrics.png")
     parser.add_argument("--ks", nargs="+", type=int, default=list(DEFAULT_KS), help="cut-offs of HR/NDCG/MRR")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         evaluate_files(args.predictions, args.out, args.names, args.ks)
     except (ValueError, FileNotFoundError) as err:
-        print(f"llmrec evaluate: error: {err}")
-        return 1
+        return fail(parser.prog, err)
     return 0

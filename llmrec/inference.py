@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from llmrec.atomic import write_jsonl
+from llmrec.cli_common import add_config_arguments, fail, load_or_exit, print_config, setup_logging
 from llmrec.config import ConfigError, load_config, to_dict
 from llmrec.generation.hf import GenerationSettings
 from llmrec.generation.vllm import VLLMSettings
@@ -309,24 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     """``llmrec infer [--config FILE] [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="llmrec infer", description="Predict for test users: generate and/or "
                                      "rank the frozen candidates with a TMF checkpoint (or a zero-shot LLM).")
-    parser.add_argument("--config", default=None, help="a configs/infer/*.yaml file (optional)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. checkpoint=runs/x mode=generate")
+    add_config_arguments(parser, config_help="a configs/infer/*.yaml file (optional)", required=False,
+                         print_config=True, overrides_example="checkpoint=runs/x mode=generate")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_infer_config(args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
+    setup_logging()
+    cfg = load_or_exit(parser, load_infer_config, args)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return 0
+        return print_config(cfg)
     try:
         path = run_inference(cfg)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"llmrec infer: error: {err}")
-        return 1
+        return fail(parser.prog, err)
     print(path)
     return 0

@@ -21,6 +21,7 @@ Stages (each reuses its cache, so a second run is fast):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_or_exit, setup_logging
 from llmrec.config import ConfigError, load_config, save_config
 
 log = logging.getLogger(__name__)
@@ -242,13 +244,13 @@ def _plot(rows: dict[str, dict[str, float]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmrec pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recipe_overrides=[max_steps=10]")
+    add_config_arguments(parser, config_help="pipeline YAML, e.g. configs/quickstart.yaml",
+                         overrides_example="recipe_overrides=[max_steps=10]")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
+    cfg = load_or_exit(parser, functools.partial(load_config, PipelineConfig), args)
     try:
-        cfg = load_config(PipelineConfig, args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    run_pipeline(cfg)
+        run_pipeline(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        return fail(parser.prog, err, EXIT_BAD_INPUT)
     return 0

@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     """Validate a template file and a domains file; print one example prompt per task and domain."""
     import argparse
 
+    from llmrec.cli_common import fail
+
     parser = argparse.ArgumentParser(prog="python -m llmrec.prompts", description=main.__doc__)
     parser.add_argument("--templates", default=PromptConfig.templates)
     parser.add_argument("--domains", default=PromptConfig.domains)
@@ -321,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{name} / {task}: paraphrase 1 of {renderer.n_paraphrases(task)}]\n"
                       f"{prompt.text()} {prompt.answer}\n")
     except ConfigError as err:
-        print(f"error: {err}")
-        return 1
+        return fail(parser.prog, err)
     return 0
 
 

@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from llmrec import checkpoint as ckpt
-from llmrec.config import ConfigError, save_config, to_dict
+from llmrec.cli_common import add_config_arguments, load_or_exit, print_config, setup_logging
+from llmrec.config import save_config
 from llmrec.curriculum import CurriculumConfig, CurriculumSampler
 from llmrec.model import ModalityTables, TMFModel
 # Re-exported: the configuration and the pure helpers live in their own modules.
@@ -358,21 +359,14 @@ def train(cfg: TrainConfig, dataset: Any = None, tables: ModalityTables | None =
 def main(argv: list[str] | None = None) -> int:
     """``llmrec train --config FILE [key=value ...] [--resume auto|DIR] [--stop-after N]``."""
     parser = argparse.ArgumentParser(prog="llmrec train", description="Fine-tune TMF (LoRA + adaptors).")
-    parser.add_argument("--config", required=True, help="a configs/tmf_*.yaml recipe")
+    add_config_arguments(parser, config_help="a configs/tmf_*.yaml recipe", print_config=True,
+                         overrides_example="optimizer.lr=1e-4 max_steps=50")
     parser.add_argument("--resume", default=None, help="'auto' (the run's latest checkpoint) or a checkpoint folder")
     parser.add_argument("--stop-after", type=int, default=None, help="stop (and save) after this step")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimizer.lr=1e-4 max_steps=50")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
+    setup_logging()
+    cfg = load_or_exit(parser, load_train_config, args)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return 0
+        return print_config(cfg)
     train(cfg, resume=args.resume, stop_after=args.stop_after)
     return 0

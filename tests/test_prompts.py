@@ -116,7 +116,7 @@ def test_cli_checks_the_shipped_files_and_reports_bad_ones(tmp_path, capsys):
     bad = write(tmp_path, "bad.yaml", GOOD_TEMPLATE.replace("{n_candidates} candidates.\"]\n  hard",
                                                              "{n_candidates} {oops}.\"]\n  hard"))
     assert main(["--templates", str(bad)]) == 1
-    assert "{oops}" in capsys.readouterr().out
+    assert "{oops}" in capsys.readouterr().err
 
 
 # ---- slots per task -----------------------------------------------------------------------------

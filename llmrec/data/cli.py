@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
+from llmrec.cli_common import EXIT_BAD_INPUT, fail, setup_logging
 from llmrec.config import ConfigError
 
 
@@ -27,15 +26,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     from llmrec.data import DataError, load_data_config, prepare
     from llmrec.data.stats import format_stats
 
     try:
         dataset = prepare(load_data_config(args.config, args.overrides))
     except (ConfigError, DataError) as err:
-        print(f"llmrec data: {err}", file=sys.stderr)
-        return 2
+        return fail("llmrec data", err, EXIT_BAD_INPUT)
     print(format_stats(dataset.stats))
     print(f"\nprepared dataset: {dataset.root}")
     if args.json is not None:

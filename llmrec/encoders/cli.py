@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
+from llmrec.cli_common import EXIT_BAD_INPUT, fail, setup_logging
 from llmrec.config import ConfigError, from_dict, load_config, read_yaml
 from llmrec.encoders.config import EncodeConfig
 from llmrec.encoders.factory import build_encoders
@@ -38,21 +38,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         return _run(args)
     except ConfigError as err:
         if args.traceback:
             raise
-        print(f"llmrec encode: config error: {err}", file=sys.stderr)
-        return 2
+        return fail("llmrec encode", f"config error: {err}", EXIT_BAD_INPUT)
     except (WeightsNotFoundError, ValueError, KeyError, FileNotFoundError) as err:
         if args.traceback:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"llmrec encode: error: {message}", file=sys.stderr)
-        return 1
+        return fail("llmrec encode", err)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import torch
 from PIL import Image
 
 from llmrec.encoders.base import ItemEncoder, l2_normalize, resolve_device
-from llmrec.encoders.weights import WeightsNotFoundError, folder_fingerprint, has_weight_files, resolve_model_folder
+from llmrec.encoders.weights import (WeightsNotFoundError, folder_fingerprint, has_weight_files, resolve_model_folder,
+                                     warn_random_init)
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ class HFClipEncoder(ItemEncoder):
             if not allow_random_init:
                 raise WeightsNotFoundError(f"clip.model {model!r}: no weight files in {self.folder}. "
                                            + HOW_TO_PROVIDE_HF_WEIGHTS)
-            message = (f"transformers CLIP {model!r} runs with RANDOM weights (clip.allow_random_init=true): its "
-                       "embeddings carry no meaning. Use this for tests only.")
-            logger.warning("!" * 20 + " " + message + " " + "!" * 20)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            warn_random_init(f"transformers CLIP {model!r}")
             self._weights_fp = f"random-init:seed{seed}:{hashlib.sha256(config.read_bytes()).hexdigest()[:16]}"
         else:
             self._weights_fp = folder_fingerprint(self.folder)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from llmrec.encoders.weights import (
     folder_fingerprint,
     has_weight_files,
     resolve_model_folder,
+    warn_random_init,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,7 @@ class OpenClipEncoder(ItemEncoder):
             if not allow_random_init:
                 raise WeightsNotFoundError(f"open_clip model {model!r} has no weights (pretrained: {pretrained!r}). "
                                            + HOW_TO_PROVIDE_WEIGHTS)
-            message = (f"open_clip {model!r} runs with RANDOM weights (clip.allow_random_init=true): its embeddings "
-                       "carry no meaning. Use this for tests only.")
-            logger.warning("!" * 20 + " " + message + " " + "!" * 20)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            warn_random_init(f"open_clip {model!r}")
 
     # -- weights ---------------------------------------------------------------------------------------
     def _resolve_weights(self) -> tuple[str, str | None, str, bool]:

@@ -94,3 +94,13 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 def has_weight_files(folder: str | Path) -> bool:
     return any(p.is_file() and p.suffix in WEIGHT_SUFFIXES for p in Path(folder).rglob("*"))
+
+
+def warn_random_init(model_description: str) -> None:
+    """Log (loudly) and warn that ``model_description`` runs with random weights (``clip.allow_random_init``)."""
+    import warnings
+
+    message = (f"{model_description} runs with RANDOM weights (clip.allow_random_init=true): its embeddings carry "
+               "no meaning. Use this for tests only.")
+    logger.warning("!" * 20 + " " + message + " " + "!" * 20)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -74,7 +74,7 @@ def test_malformed_line_names_file_and_line(tmp_path, capsys):
     with pytest.raises(PredictionsError, match=r"bad\.jsonl:3: not valid JSON"):
         read_predictions(path)
     assert cli_main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "o")]) == 1
-    assert "bad.jsonl:3" in capsys.readouterr().out
+    assert "bad.jsonl:3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,0 +1,36 @@
+"""Every config-driven ``llmrec`` command reports a bad config key the same way: usage, then the file and
+the key on stderr, exit status 2, nothing run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmrec.cli import main as llmrec_main
+from llmrec.cli_common import EXIT_FAILED, fail
+
+REPO = Path(__file__).resolve().parents[1]
+
+COMMANDS = {
+    "train": "configs/tmf_smollm2_shop.yaml",
+    "infer": "configs/infer/shop.yaml",
+    "fit-graph": "configs/graph/sasrec_shop.yaml",
+    "pipeline": "configs/quickstart.yaml",
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_bad_config_key_exits_2_with_the_key_on_stderr(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        llmrec_main([command, "--config", str(REPO / COMMANDS[command]), "no_such_key=1"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert f"llmrec {command}: error: {REPO / COMMANDS[command]}: unknown config key 'no_such_key'" in captured.err
+    assert captured.out == ""
+
+
+def test_fail_writes_prog_and_message_to_stderr(capsys):
+    assert fail("llmrec x", KeyError("no item titled 'A'")) == EXIT_FAILED
+    assert fail("llmrec x", "broken", 2) == 2
+    assert capsys.readouterr().err.splitlines() == ["llmrec x: error: no item titled 'A'", "llmrec x: error: broken"]
