@@ -70,6 +70,8 @@ class InferConfig:
     """Prompts per generation batch."""
     rank_batch_size: int = 32
     """(prompt, candidate) rows per ranking forward pass."""
+    rank_method: Literal["packed", "prefix", "full"] = "packed"
+    """How ranking runs the LM (docs/inference.md "Candidate ranking"); same scores, packed is fastest."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     n_users: int | None = None
@@ -288,7 +290,7 @@ def run_inference(cfg: InferConfig, dataset: Any = None, tables: Any = None, *, 
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             scores = candidate_log_likelihoods(model, answer_collator, renderer, prompts, cfg.rank_batch_size,
-                                               progress)
+                                               progress, method=cfg.rank_method)
         timings["rank_s"] = time.perf_counter() - t0
     records = prediction_records(dataset, renderer, cfg.split, rows, prompts, generations, scores, cfg.save_prompts)
     write_jsonl(output, records)

@@ -6,11 +6,14 @@ token, exactly the tokens (and the loss positions) the model is trained on (Eq. 
 prediction is the arg-max; HitRate@1 is the fraction whose arg-max is the target. Unlike greedy
 generation this is exact (no parsing, every output valid), with logits only at the answer positions.
 
-Cost: the C candidates of a prompt share every token before the answer, so by default the prompt
-(its ``inputs_embeds`` with the slot vectors) runs through the LM once, its KV cache is repeated C
-times and the C answers run in one batched pass over it (``method="prefix"``). The original
-one-full-sequence-per-(prompt, candidate) path stays as ``method="full"``: it is the reference the
-prefix path is tested against and the fallback for an LM that returns no KV cache. Both sum the same
+Cost: the C candidates of a prompt share every token before the answer. By default
+(``method="packed"``) each prompt runs through the LM once, packed with its C answers into one row
+(``prompt | answer_1 | ... | answer_C``) whose attention mask keeps the answers apart and whose position
+ids restart after the prompt for every answer: one forward pass, no KV cache to copy.
+``method="prefix"`` runs the prompt with ``use_cache=True``, repeats the KV cache C times and runs the C
+answers over it (1.7x slower on CPU: the copies of the cache and of its grouped-query heads). The
+original one-full-sequence-per-(prompt, candidate) path stays as ``method="full"``: it is the reference
+both are tested against, and the fallback for an LM that returns no KV cache. All three sum the same
 tokens with the same LM head, so they agree up to float rounding (~1e-5 in fp32).
 
 The summed (not length-normalized) log-likelihood is the probability of generating that exact name,
@@ -49,7 +52,7 @@ def candidate_rows(prompt: Any, collator: Any, renderer: Any) -> list[Any]:
     return [dataclasses.replace(fitted, answer=v.answer, target_index=v.target_index) for v in variants]
 
 
-RANKING_METHODS = ("prefix", "full")
+RANKING_METHODS = ("packed", "prefix", "full")
 
 
 def _fitted_rows(prompt: Any, collator: Any, renderer: Any) -> tuple[list[Any], list[Any]]:
@@ -117,6 +120,92 @@ def _score_prefix_group(model: Any, collator: Any, rows: list[list[Any]], encode
     return total.view(len(rows), n_candidates)
 
 
+def _packed_attention_mask(prefix_lengths: list[int], answer_lengths: list[list[int]], width: int,
+                           additive_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[P, 1, width, width]`` mask of packed rows ``prefix | answer_1 | ... | answer_C | pad``.
+
+    Boolean (True = attend), as transformers builds for SDPA, or, with ``additive_dtype``, additive
+    (0 / dtype min) for eager attention, which adds the mask to the scores.
+
+    Prefix tokens attend causally to the prefix; a token of answer ``k`` attends to the whole prefix and
+    causally to the earlier tokens of answer ``k`` only (never to another answer), so every answer sees
+    exactly what it sees as the one answer of a full sequence. Padding queries attend to position 0 (a
+    row with nothing to attend to would give NaN; their outputs are never read).
+    """
+    allowed = torch.zeros(len(prefix_lengths), width, width, dtype=torch.bool)
+    for b, (n_prefix, lengths) in enumerate(zip(prefix_lengths, answer_lengths)):
+        allowed[b, :n_prefix, :n_prefix] = torch.ones(n_prefix, n_prefix, dtype=torch.bool).tril()
+        start = n_prefix
+        for length in lengths:
+            end = start + length
+            allowed[b, start:end, :n_prefix] = True
+            allowed[b, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
+            start = end
+        allowed[b, start:, 0] = True
+    if additive_dtype is None:
+        return allowed.unsqueeze(1)
+    mask = torch.zeros(allowed.shape, dtype=additive_dtype)
+    return mask.masked_fill_(~allowed, torch.finfo(additive_dtype).min).unsqueeze(1)
+
+
+PACKED_MASK_IMPLEMENTATIONS = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
+
+
+def _attention_implementation(model: Any) -> str:
+    return str(getattr(model.causal_lm.config, "_attn_implementation", None) or "eager")
+
+
+def _score_packed_group(model: Any, collator: Any, rows: list[list[Any]], encoded: list[list[Any]],
+                        device: torch.device) -> torch.Tensor:
+    """``[P, C]`` scores of P prompts in one forward pass, each prompt packed with its C answers.
+
+    Row ``b`` is ``prefix_b | answer_1 | ... | answer_C`` (right-padded); :func:`_packed_attention_mask`
+    keeps the answers apart and position ids restart at ``L_b`` for every answer, so each answer token
+    gets the hidden state it has in its own full sequence (RoPE sees the same positions). The prompt
+    runs once; there is no KV cache to copy. The first token of every answer is predicted from the
+    prefix's last position, answer token ``t`` from answer token ``t-1``; the LM head runs only there.
+    """
+    n_prompts = len(rows)
+    prefix_lengths = [len(_shared_prefix_ids(e)) for e in encoded]
+    answers = [[e.input_ids[len(e.input_ids) - e.n_labels:] for e in prompt_rows] for prompt_rows in encoded]
+    answer_lengths = [[len(a) for a in prompt_answers] for prompt_answers in answers]
+    width = max(n + sum(lengths) for n, lengths in zip(prefix_lengths, answer_lengths))
+    # the first candidate row of every prompt carries the prompt's slots; its answer tail is not used
+    prefix_embeds = model.embed_inputs(_to_device(collator([r[0] for r in rows]), device))
+    token_embedding = model.causal_lm.get_input_embeddings()
+    ids = torch.full((n_prompts, width), collator.pad_id, dtype=torch.long)
+    positions = torch.zeros(n_prompts, width, dtype=torch.long)
+    predictor_index, target_ids, answer_of_target = [], [], []
+    for b in range(n_prompts):
+        n_prefix, start = prefix_lengths[b], prefix_lengths[b]
+        positions[b, :n_prefix] = torch.arange(n_prefix)
+        for k, answer in enumerate(answers[b]):
+            end = start + len(answer)
+            ids[b, start:end] = torch.tensor(answer, dtype=torch.long)
+            positions[b, start:end] = torch.arange(n_prefix, n_prefix + len(answer))
+            predictor_index += [b * width + n_prefix - 1] + [b * width + i for i in range(start, end - 1)]
+            target_ids += answer
+            answer_of_target += [b * len(answers[b]) + k] * len(answer)
+            start = end
+    ids, positions = ids.to(device), positions.to(device)
+    embeds = token_embedding(ids)
+    prefix_width = max(prefix_lengths)
+    prefix_mask = torch.arange(prefix_width, device=device).unsqueeze(0) < torch.tensor(prefix_lengths, device=device).unsqueeze(1)
+    embeds[:, :prefix_width] = torch.where(prefix_mask.unsqueeze(-1), prefix_embeds[:, :prefix_width].to(embeds.dtype),
+                                           embeds[:, :prefix_width])
+    additive = None if _attention_implementation(model) == "sdpa" else embeds.dtype
+    mask = _packed_attention_mask(prefix_lengths, answer_lengths, width, additive).to(device)
+    hidden = model.causal_lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                           use_cache=False).last_hidden_state
+    predictors = hidden.reshape(n_prompts * width, -1)[torch.tensor(predictor_index, device=device)]
+    log_probs = -F.cross_entropy(model.logits_at(predictors), torch.tensor(target_ids, device=device),
+                                 reduction="none")
+    n_candidates = len(answers[0])
+    total = torch.zeros(n_prompts * n_candidates, dtype=log_probs.dtype, device=device)
+    total.index_add_(0, torch.tensor(answer_of_target, device=device), log_probs)
+    return total.view(n_prompts, n_candidates)
+
+
 def _score_full(model: Any, collator: Any, rows: list[Any], device: torch.device) -> torch.Tensor:
     """``[len(rows)]`` scores, every (prompt, candidate) row as one full sequence."""
     return model.sequence_log_likelihood(_to_device(collator(rows), device))
@@ -124,15 +213,14 @@ def _score_full(model: Any, collator: Any, rows: list[Any], device: torch.device
 
 @torch.no_grad()
 def candidate_log_likelihoods(model: Any, collator: Any, renderer: Any, prompts: Sequence[Any],
-                              batch_size: int = 16, progress: bool = True, method: str = "prefix") -> np.ndarray:
+                              batch_size: int = 16, progress: bool = True, method: str = "packed") -> np.ndarray:
     """``[n_prompts, C]`` summed answer log-likelihood of every candidate (needs a common C).
 
-    ``method="prefix"`` (default) runs each prompt once and scores its C answers over the cached
-    prefix (KV cache repeated per candidate): about C times fewer prompt tokens through the LM, the
-    same scores up to float rounding. ``method="full"`` runs every (prompt, candidate) row as its own
-    sequence; it is also the fallback for an LM that returns no KV cache. ``batch_size`` counts
-    (prompt, candidate) rows per forward pass in both methods (prefix: ``max(1, batch_size // C)``
-    prompts per group).
+    ``method="packed"`` (default) runs each prompt once, packed with its C answers (module docstring);
+    ``"prefix"`` scores the C answers over a repeated KV cache of the prompt; both put about C times
+    fewer prompt tokens through the LM than ``"full"``, which runs every (prompt, candidate) row as its
+    own sequence. Same scores up to float rounding. ``batch_size`` counts (prompt, candidate) rows per
+    forward pass (packed and prefix: ``max(1, batch_size // C)`` prompts per pass).
     """
     if method not in RANKING_METHODS:
         raise ValueError(f"method must be one of {RANKING_METHODS}, got {method!r}")
@@ -143,24 +231,31 @@ def candidate_log_likelihoods(model: Any, collator: Any, renderer: Any, prompts:
         raise ValueError("candidate scoring needs a collator with with_answer=True")
     n_candidates = sizes.pop()
     device = next(model.parameters()).device
-    per_group = max(1, batch_size // n_candidates) if method == "prefix" else None
+    per_group = max(1, batch_size // n_candidates)
+    if method == "packed" and _attention_implementation(model) not in PACKED_MASK_IMPLEMENTATIONS:
+        logger.warning("attention implementation %r takes no custom 4D mask: ranking uses method='prefix'",
+                       _attention_implementation(model))
+        method = "prefix"
     was_training = model.training
     model.eval()
     scores: list[torch.Tensor] = []
     try:
-        if method == "prefix":
+        if method in ("packed", "prefix"):
             groups = [prompts[s:s + per_group] for s in range(0, len(prompts), per_group)]
-            for group in tqdm(groups, desc="rank candidates (shared prefix)", unit="batch", disable=not progress,
+            for group in tqdm(groups, desc=f"rank candidates ({method})", unit="batch", disable=not progress,
                               leave=False):
                 fitted = [_fitted_rows(p, collator, renderer) for p in group]
-                rows = [r for r, _ in fitted]
-                group_scores = None if method == "full" else _score_prefix_group(
-                    model, collator, rows, [e for _, e in fitted], device)
-                if group_scores is None:
-                    if method == "prefix":
+                rows, encoded = [r for r, _ in fitted], [e for _, e in fitted]
+                group_scores = None
+                if method == "packed":
+                    group_scores = _score_packed_group(model, collator, rows, encoded, device)
+                elif method == "prefix":
+                    group_scores = _score_prefix_group(model, collator, rows, encoded, device)
+                    if group_scores is None:
                         logger.warning("%s returned no KV cache: ranking falls back to method='full'",
                                        type(model.causal_lm).__name__)
                         method = "full"
+                if group_scores is None:
                     group_scores = _score_full(model, collator, [r for p in rows for r in p], device)
                 scores.append(group_scores.reshape(-1).float().cpu())
         else:
@@ -174,7 +269,7 @@ def candidate_log_likelihoods(model: Any, collator: Any, renderer: Any, prompts:
 
 
 def ranking_hit_rate(model: Any, collator: Any, renderer: Any, prompts: Sequence[Any], batch_size: int = 16,
-                     ks: Sequence[int] = (1,), progress: bool = True, method: str = "prefix") -> dict[str, float]:
+                     ks: Sequence[int] = (1,), progress: bool = True, method: str = "packed") -> dict[str, float]:
     """HR@K / NDCG@K / MRR@K of log-likelihood ranking on prompts with known ``target_index``."""
     if any(p.target_index is None for p in prompts):
         raise ValueError("ranking_hit_rate needs prompts with a target_index")

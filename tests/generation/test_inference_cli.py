@@ -91,7 +91,12 @@ def test_llmrec_infer_and_evaluate_commands(tmp_path, peaked_lm_dir, shop, capsy
     assert cli_main(["infer", "checkpoint=null", f"recipe={checkpoint / 'train_config.yaml'}", "task=easy",
                      f"output={zero_shot}", "n_users=4", "mode=generate", "generation.max_new_tokens=6",
                      "precision=fp32"]) == 0
-    first, second = ([json.loads(x) for x in p.read_text().splitlines()] for p in (tuned, zero_shot))
+    by_full = tmp_path / "tuned-full.jsonl"  # rank_method reaches the ranking: the reference path, same scores
+    assert cli_main(["infer", f"checkpoint={tmp_path / 'run'}", f"output={by_full}", "n_users=4", "mode=rank",
+                     "rank_method=full", "precision=fp32"]) == 0
+    first, second, full = ([json.loads(x) for x in p.read_text().splitlines()] for p in (tuned, zero_shot, by_full))
+    np.testing.assert_allclose([r["scores"] for r in full], [r["scores"] for r in first], rtol=1e-5, atol=1e-4)
+    assert json.loads(by_full.with_name(by_full.name + ".meta.json").read_text())["config"]["rank_method"] == "full"
     assert [r["user"] for r in first] == [r["user"] for r in second] and len(first) == 4
     assert {r["task"] for r in first} == {"easy"} and "scores" in first[0] and "scores" not in second[0]
     assert [r["candidates"] for r in first] == [r["candidates"] for r in second]  # the same frozen sets

@@ -1,4 +1,6 @@
-"""Shared-prefix candidate ranking (``method="prefix"``) against the one-sequence-per-candidate path.
+"""Candidate ranking that runs each prompt once (``method="packed"``, the default: prompt and its C answers
+in one masked row; ``method="prefix"``: answers over a repeated KV cache) against the
+one-sequence-per-candidate path (``method="full"``).
 
 Real components (conftest.py): the SmolLM2 tokenizer, the synthetic shop, real PEFT LoRA, the TMF
 fusion/adaptors and a tiny random Llama. The LoRA B matrices are randomized so the adapter changes
@@ -51,24 +53,47 @@ def answer_collator(model, renderer, max_length=None):
     return TMFCollator(model.tokenizer, renderer, max_length, padding_side="right", with_answer=True)
 
 
-def test_prefix_scores_equal_full_scores(lora_model, renderer, mixed_prompts):
+@pytest.mark.parametrize("method,attention", [("packed", "sdpa"), ("packed", "eager"), ("prefix", "sdpa")])
+def test_scores_equal_full_scores(lora_model, renderer, mixed_prompts, method, attention):
     collator = answer_collator(lora_model, renderer)
     answer_lengths = {len(collator._tokenize(" " + renderer.item_name(c), False))
                       for p in mixed_prompts for c in p.candidates}
     assert len(answer_lengths) > 1, "test needs candidates of different token lengths"
     full = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, batch_size=7,
                                      progress=False, method="full")
-    # 12 rows per group = 2 prompts of 5 candidates; 3 groups with right-padded prompts of different lengths
-    prefix = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, batch_size=12,
-                                       progress=False, method="prefix")
-    one_by_one = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, batch_size=1,
-                                           progress=False)
-    assert prefix.shape == full.shape == (6, 5)
+    config = lora_model.causal_lm.config
+    default_attention, config._attn_implementation = config._attn_implementation, attention
+    try:
+        # 12 rows per group = 2 prompts of 5 candidates; 3 groups with prompts of different lengths
+        shared = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, batch_size=12,
+                                           progress=False, method=method)
+        one_by_one = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, batch_size=1,
+                                               progress=False, method=method)
+    finally:
+        config._attn_implementation = default_attention
+    assert shared.shape == full.shape == (6, 5)
     assert np.all(np.isfinite(full)) and np.all(full < 0)
     assert np.ptp(full, axis=1).min() > 1e-2  # candidates really differ, so the ranking is tested too
-    np.testing.assert_allclose(prefix, full, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(shared, full, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(one_by_one, full, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(prefix.argmax(axis=1), full.argmax(axis=1))
+    np.testing.assert_array_equal(shared.argmax(axis=1), full.argmax(axis=1))
+
+
+def test_packed_mask_keeps_answers_apart():
+    from llmrec.generation.ranking import _packed_attention_mask
+
+    mask = _packed_attention_mask([3], [[2, 1]], width=7)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0, 0],   # prefix: causal
+                             [1, 1, 0, 0, 0, 0, 0],
+                             [1, 1, 1, 0, 0, 0, 0],
+                             [1, 1, 1, 1, 0, 0, 0],   # answer 1: prefix + itself, causally
+                             [1, 1, 1, 1, 1, 0, 0],
+                             [1, 1, 1, 0, 0, 1, 0],   # answer 2: prefix + itself, not answer 1
+                             [1, 0, 0, 0, 0, 0, 0]],  # padding: position 0 only (no empty row)
+                            dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    additive = _packed_attention_mask([3], [[2, 1]], width=7, additive_dtype=torch.float32)[0, 0]
+    assert torch.equal(additive == 0, expected) and additive.min() == torch.finfo(torch.float32).min
 
 
 def test_lora_is_active_in_the_prefix_path(lora_model, renderer, mixed_prompts):
@@ -87,9 +112,10 @@ def test_truncated_prompts_score_the_same(lora_model, renderer, mixed_prompts):
     collator = answer_collator(lora_model, renderer, max_length=longest - 8)
     full = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, 10, False, method="full")
     n_truncated = collator.truncations
-    prefix = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, 10, False, method="prefix")
     assert n_truncated > 0
-    np.testing.assert_allclose(prefix, full, rtol=1e-5, atol=1e-4)
+    for method in ("packed", "prefix"):
+        shared = candidate_log_likelihoods(lora_model, collator, renderer, mixed_prompts, 10, False, method=method)
+        np.testing.assert_allclose(shared, full, rtol=1e-5, atol=1e-4)
 
 
 def test_hit_rate_matches_and_training_mode_is_restored(lora_model, renderer, mixed_prompts):
