@@ -172,6 +172,12 @@ def profile(args) -> None:
           f"{sum(r['tokens'] for r in records)} real tokens")
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(12)
+    # the TMF-only forward work: base embedding lookup + fusion + adaptors + masked_scatter
+    embed = [v for (path, _, name), v in stats.stats.items() if name == "embed_inputs" and path.endswith("model.py")]
+    if embed:
+        cumulative = sum(v[3] for v in embed)
+        print(f"TMFModel.embed_inputs forward (token embeddings + slot vectors): {cumulative:.2f} s "
+              f"({100 * cumulative / seconds:.1f}% of the steps)")
 
 
 def worker(args) -> None:
