@@ -18,8 +18,10 @@ default precision >= 1.5x plain fp32, hard <= 1.15x easy per sample, our peak RS
     python bench/train_throughput.py --repeats 2           # full size, on an idle machine
     python bench/train_throughput.py --steps 2 --batch-size 2 --max-history 4   # tiny check
     python bench/train_throughput.py --profile easy --steps 4 --precision fp32     # where the time goes
+    python bench/train_throughput.py --task-ratio --steps 12 --precision bf16     # hard vs easy, same rows, one process
+    python bench/train_throughput.py --slot-cost --steps 6 --precision fp32       # LM length cost vs TMF machinery
 
-Writes bench/out/train_throughput.json and .md.
+Writes bench/out/train_throughput.json and .md (--task-ratio / --slot-cost: train_task_ratio_<precision> / train_slot_cost_<precision> .json and .md).
 """
 
 from __future__ import annotations
@@ -180,6 +182,112 @@ def profile(args) -> None:
               f"({100 * cumulative / seconds:.1f}% of the steps)")
 
 
+def task_ratio(args) -> None:
+    """Hard vs easy cost per sample, measured step by step in one process (``--task-ratio``).
+
+    Two trainers (easy, hard) with the same seed train the same rows in the same order; their steps
+    alternate (easy, hard, then hard, easy, ...), so a slow spell of the machine hits both tasks
+    alike. Reports the median over steps of hard's / easy's seconds per sample on the same rows, and
+    the real-token ratio (the floor set by the slot placeholders).
+    """
+    import numpy as np
+    import torch
+
+    from llmrec.training import Trainer
+
+    torch.set_num_threads(2)
+    dataset = build_dataset(args)
+    trainers = {task: Trainer(train_config(args, task, args.precision), dataset, random_tables(dataset))
+                for task in ("easy", "hard")}
+    for trainer in trainers.values():
+        trainer.train_step()  # warm-up
+    records: dict[str, list[dict]] = {"easy": [], "hard": []}
+    for step in range(args.steps):
+        for task in ("easy", "hard") if step % 2 == 0 else ("hard", "easy"):
+            records[task].append(trainers[task].train_step())
+    per_sample = {t: np.array([r["seconds"] / sum(r["tasks"].values()) for r in rs]) for t, rs in records.items()}
+    tokens = {t: sum(r["tokens"] for r in rs) for t, rs in records.items()}
+    paired = per_sample["hard"] / per_sample["easy"]
+    report = {"settings": vars(args) | {"threads": 2, "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
+              "seconds_per_sample": {t: v.tolist() for t, v in per_sample.items()},
+              "real_tokens": tokens, "token_ratio_hard_over_easy": tokens["hard"] / tokens["easy"],
+              "median_paired_ratio_hard_over_easy": float(np.median(paired)),
+              "ratio_of_medians_hard_over_easy": float(np.median(per_sample["hard"]) / np.median(per_sample["easy"])),
+              "load_average_after": os.getloadavg()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"train_task_ratio_{args.precision}.json").write_text(json.dumps(report, indent=2))
+    lines = ["| quantity | value |", "|---|---|",
+             f"| steps per task (alternating, same rows) | {args.steps} |",
+             f"| easy s/sample (median) | {np.median(per_sample['easy']):.3f} |",
+             f"| hard s/sample (median) | {np.median(per_sample['hard']):.3f} |",
+             f"| hard/easy s/sample, median of paired steps (target <= 1.15) | {report['median_paired_ratio_hard_over_easy']:.3f} |",
+             f"| hard/easy real tokens | {report['token_ratio_hard_over_easy']:.3f} |",
+             f"| paired ratios min / max | {paired.min():.3f} / {paired.max():.3f} |"]
+    (OUT / f"train_task_ratio_{args.precision}.md").write_text("\n".join(lines) + "\n")
+    print(f"{args.precision}:\n" + "\n".join(lines))
+
+
+def slot_cost(args) -> None:
+    """Where hard's extra cost per sample comes from (``--slot-cost``): forward + backward only, one model.
+
+    The same micro-batches (rows) in three forms, timed alternately on the hard trainer's model:
+    ``easy`` (text-only prompts), ``hard`` (slot vectors from fusion + adaptors, gradients into them)
+    and ``hard, slots as text`` (the hard token ids with the slot masks cleared: the LM sees the hard
+    lengths, the placeholder token's own embedding sits at the slots, no TMF work). hard / easy then
+    splits into the LM's cost of the longer prompts (``hard as text`` / easy) and the TMF machinery
+    (hard / ``hard as text``).
+    """
+    import numpy as np
+    import torch
+
+    from llmrec.training import Trainer
+
+    torch.set_num_threads(2)
+    dataset = build_dataset(args)
+    trainers = {task: Trainer(train_config(args, task, args.precision), dataset, random_tables(dataset))
+                for task in ("easy", "hard")}
+    model, accelerator = trainers["hard"].model, trainers["hard"].accelerator
+    n_micro = args.steps * args.grad_accum
+    batches = {task: [trainers[task].micro_batch(i // args.grad_accum, i % args.grad_accum) for i in range(n_micro)]
+               for task in trainers}
+    batches["hard, slots as text"] = [{**b, "item_slot_mask": torch.zeros_like(b["item_slot_mask"]),
+                                       "behavior_slot_mask": torch.zeros_like(b["behavior_slot_mask"])}
+                                      for b in batches["hard"]]
+
+    def timed(batch) -> float:
+        start = time.perf_counter()
+        with accelerator.autocast():
+            loss = model(batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    forms = list(batches)
+    for form in forms:
+        timed(batches[form][0])  # warm-up
+    seconds: dict[str, list[float]] = {form: [] for form in forms}
+    for i in range(n_micro):
+        for form in forms if i % 2 == 0 else forms[::-1]:
+            seconds[form].append(timed(batches[form][i]) / len(batches[form][i]["tasks"]))
+    per_sample = {form: float(np.median(v)) for form, v in seconds.items()}
+    tokens = {form: sum(int(b["attention_mask"].sum()) for b in bs) for form, bs in batches.items()}
+    ratios = {"hard / easy": per_sample["hard"] / per_sample["easy"],
+              "hard as text / easy (the LM on longer prompts)": per_sample["hard, slots as text"] / per_sample["easy"],
+              "hard / hard as text (fusion, adaptors, gradients into the slots)":
+                  per_sample["hard"] / per_sample["hard, slots as text"],
+              "hard / easy real tokens": tokens["hard"] / tokens["easy"]}
+    report = {"settings": vars(args) | {"threads": 2, "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
+              "seconds_per_sample": seconds, "median_seconds_per_sample": per_sample, "real_tokens": tokens,
+              "ratios": ratios, "load_average_after": os.getloadavg()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"train_slot_cost_{args.precision}.json").write_text(json.dumps(report, indent=2))
+    lines = ["| form | s/sample (median of %d micro-batches) | real tokens |" % n_micro, "|---|---|---|"]
+    lines += [f"| {form} | {per_sample[form]:.3f} | {tokens[form]} |" for form in forms]
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    (OUT / f"train_slot_cost_{args.precision}.md").write_text("\n".join(lines) + "\n")
+    print(f"{args.precision} (forward + backward only):\n" + "\n".join(lines))
+
+
 def worker(args) -> None:
     logging.basicConfig(level=logging.WARNING)
     result = run_ours(args) if args.loop == "ours" else run_plain(args)
@@ -198,14 +306,26 @@ def main() -> None:
     parser.add_argument("--profile", choices=["easy", "medium", "hard"],
                         help="instead: cProfile --steps steps of our loop on this task (--precision) and print the "
                              "functions with the most own time")
+    parser.add_argument("--task-ratio", action="store_true",
+                        help="instead: hard vs easy per sample, easy and hard steps alternating in one process on "
+                             "the same rows (--precision, --steps per task)")
+    parser.add_argument("--slot-cost", action="store_true",
+                        help="instead: forward + backward of the same rows as easy, hard, and hard with the slots "
+                             "left as plain placeholder tokens, alternating on one model (--precision)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rows-file", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["ours", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--task", default="easy", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="for --profile and --task-ratio")
     args = parser.parse_args()
     if args.profile:
         profile(args)
+        return
+    if args.task_ratio:
+        task_ratio(args)
+        return
+    if args.slot_cost:
+        slot_cost(args)
         return
     if args.worker:
         worker(args)
