@@ -152,18 +152,33 @@ def run_plain(args) -> dict:
     return {"samples": samples, "seconds": seconds, "tokens": tokens}
 
 
-def profile(args) -> None:
-    """Where our loop's time goes: cProfile over ``--steps`` steps (after one warm-up step), by own time."""
-    import cProfile
-    import pstats
-
+def build_trainers(args, tasks) -> dict:
+    """Our Trainer per task (2 threads, same dataset, seed and rows; random tables of the real widths)."""
     import torch
 
     from llmrec.training import Trainer
 
     torch.set_num_threads(2)
     dataset = build_dataset(args)
-    trainer = Trainer(train_config(args, args.profile, args.precision), dataset, random_tables(dataset))
+    return {task: Trainer(train_config(args, task, args.precision), dataset, random_tables(dataset)) for task in tasks}
+
+
+def save_report(name: str, args, report: dict, lines: list[str], title: str) -> None:
+    """Write bench/out/<name>_<precision>.json (with the settings) and .md, and print the table."""
+    report = {"settings": vars(args) | {"threads": 2, "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
+              **report, "load_average_after": os.getloadavg()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}_{args.precision}.json").write_text(json.dumps(report, indent=2))
+    (OUT / f"{name}_{args.precision}.md").write_text("\n".join(lines) + "\n")
+    print(f"{title}:\n" + "\n".join(lines))
+
+
+def profile(args) -> None:
+    """Where our loop's time goes: cProfile over ``--steps`` steps (after one warm-up step), by own time."""
+    import cProfile
+    import pstats
+
+    trainer = build_trainers(args, [args.profile])[args.profile]
     trainer.train_step()  # warm-up
     profiler = cProfile.Profile()
     profiler.enable()
@@ -191,14 +206,8 @@ def task_ratio(args) -> None:
     the real-token ratio (the floor set by the slot placeholders).
     """
     import numpy as np
-    import torch
 
-    from llmrec.training import Trainer
-
-    torch.set_num_threads(2)
-    dataset = build_dataset(args)
-    trainers = {task: Trainer(train_config(args, task, args.precision), dataset, random_tables(dataset))
-                for task in ("easy", "hard")}
+    trainers = build_trainers(args, ("easy", "hard"))
     for trainer in trainers.values():
         trainer.train_step()  # warm-up
     records: dict[str, list[dict]] = {"easy": [], "hard": []}
@@ -208,14 +217,10 @@ def task_ratio(args) -> None:
     per_sample = {t: np.array([r["seconds"] / sum(r["tasks"].values()) for r in rs]) for t, rs in records.items()}
     tokens = {t: sum(r["tokens"] for r in rs) for t, rs in records.items()}
     paired = per_sample["hard"] / per_sample["easy"]
-    report = {"settings": vars(args) | {"threads": 2, "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
-              "seconds_per_sample": {t: v.tolist() for t, v in per_sample.items()},
+    report = {"seconds_per_sample": {t: v.tolist() for t, v in per_sample.items()},
               "real_tokens": tokens, "token_ratio_hard_over_easy": tokens["hard"] / tokens["easy"],
               "median_paired_ratio_hard_over_easy": float(np.median(paired)),
-              "ratio_of_medians_hard_over_easy": float(np.median(per_sample["hard"]) / np.median(per_sample["easy"])),
-              "load_average_after": os.getloadavg()}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"train_task_ratio_{args.precision}.json").write_text(json.dumps(report, indent=2))
+              "ratio_of_medians_hard_over_easy": float(np.median(per_sample["hard"]) / np.median(per_sample["easy"]))}
     lines = ["| quantity | value |", "|---|---|",
              f"| steps per task (alternating, same rows) | {args.steps} |",
              f"| easy s/sample (median) | {np.median(per_sample['easy']):.3f} |",
@@ -223,8 +228,7 @@ def task_ratio(args) -> None:
              f"| hard/easy s/sample, median of paired steps (target <= 1.15) | {report['median_paired_ratio_hard_over_easy']:.3f} |",
              f"| hard/easy real tokens | {report['token_ratio_hard_over_easy']:.3f} |",
              f"| paired ratios min / max | {paired.min():.3f} / {paired.max():.3f} |"]
-    (OUT / f"train_task_ratio_{args.precision}.md").write_text("\n".join(lines) + "\n")
-    print(f"{args.precision}:\n" + "\n".join(lines))
+    save_report("train_task_ratio", args, report, lines, args.precision)
 
 
 def slot_cost(args) -> None:
@@ -240,12 +244,7 @@ def slot_cost(args) -> None:
     import numpy as np
     import torch
 
-    from llmrec.training import Trainer
-
-    torch.set_num_threads(2)
-    dataset = build_dataset(args)
-    trainers = {task: Trainer(train_config(args, task, args.precision), dataset, random_tables(dataset))
-                for task in ("easy", "hard")}
+    trainers = build_trainers(args, ("easy", "hard"))
     model, accelerator = trainers["hard"].model, trainers["hard"].accelerator
     n_micro = args.steps * args.grad_accum
     batches = {task: [trainers[task].micro_batch(i // args.grad_accum, i % args.grad_accum) for i in range(n_micro)]
@@ -276,16 +275,12 @@ def slot_cost(args) -> None:
               "hard / hard as text (fusion, adaptors, gradients into the slots)":
                   per_sample["hard"] / per_sample["hard, slots as text"],
               "hard / easy real tokens": tokens["hard"] / tokens["easy"]}
-    report = {"settings": vars(args) | {"threads": 2, "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
-              "seconds_per_sample": seconds, "median_seconds_per_sample": per_sample, "real_tokens": tokens,
-              "ratios": ratios, "load_average_after": os.getloadavg()}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"train_slot_cost_{args.precision}.json").write_text(json.dumps(report, indent=2))
+    report = {"seconds_per_sample": seconds, "median_seconds_per_sample": per_sample, "real_tokens": tokens,
+              "ratios": ratios}
     lines = ["| form | s/sample (median of %d micro-batches) | real tokens |" % n_micro, "|---|---|---|"]
     lines += [f"| {form} | {per_sample[form]:.3f} | {tokens[form]} |" for form in forms]
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
-    (OUT / f"train_slot_cost_{args.precision}.md").write_text("\n".join(lines) + "\n")
-    print(f"{args.precision} (forward + backward only):\n" + "\n".join(lines))
+    save_report("train_slot_cost", args, report, lines, f"{args.precision} (forward + backward only)")
 
 
 def worker(args) -> None:

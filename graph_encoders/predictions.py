@@ -27,7 +27,6 @@ import numpy as np
 from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import CandidateProtocol, EvalConfig, SplitEvaluation, evaluate_split
-from llmrec.atomic import write_jsonl as write_records  # noqa: F401  (the one atomic JSONL writer; old name)
 
 if TYPE_CHECKING:
     from llmrec.data.types import CandidateSet

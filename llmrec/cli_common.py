@@ -4,8 +4,8 @@
   ``--print-config``);
 * one log format;
 * one way to fail: ``<prog>: error: <message>`` on stderr; exit status 2 for a bad command line or
-  config (argparse's convention; ``llmrec data`` also for an input file that fails validation, and
-  ``fit-graph`` / ``pipeline`` for a config error found while running), 1 for a run that failed.
+  config (argparse's convention; ``data``, ``fit-graph`` and ``pipeline`` also for a config or input
+  file found wrong or missing while running), 1 for a run that failed.
 
 Import-light on purpose (no torch): ``llmrec --help`` and config errors stay fast.
 """

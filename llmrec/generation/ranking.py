@@ -172,7 +172,6 @@ def _score_packed_group(model: Any, collator: Any, rows: list[list[Any]], encode
     width = max(n + sum(lengths) for n, lengths in zip(prefix_lengths, answer_lengths))
     # the first candidate row of every prompt carries the prompt's slots; its answer tail is not used
     prefix_embeds = model.embed_inputs(_to_device(collator([r[0] for r in rows]), device))
-    token_embedding = model.causal_lm.get_input_embeddings()
     ids = torch.full((n_prompts, width), collator.pad_id, dtype=torch.long)
     positions = torch.zeros(n_prompts, width, dtype=torch.long)
     predictor_index, target_ids, answer_of_target = [], [], []
@@ -188,11 +187,9 @@ def _score_packed_group(model: Any, collator: Any, rows: list[list[Any]], encode
             answer_of_target += [b * len(answers[b]) + k] * len(answer)
             start = end
     ids, positions = ids.to(device), positions.to(device)
-    embeds = token_embedding(ids)
-    prefix_width = max(prefix_lengths)
-    prefix_mask = torch.arange(prefix_width, device=device).unsqueeze(0) < torch.tensor(prefix_lengths, device=device).unsqueeze(1)
-    embeds[:, :prefix_width] = torch.where(prefix_mask.unsqueeze(-1), prefix_embeds[:, :prefix_width].to(embeds.dtype),
-                                           embeds[:, :prefix_width])
+    embeds = model.causal_lm.get_input_embeddings()(ids)  # the answers' tokens (prefix positions overwritten)
+    for b, n_prefix in enumerate(prefix_lengths):
+        embeds[b, :n_prefix] = prefix_embeds[b, :n_prefix].to(embeds.dtype)
     additive = None if _attention_implementation(model) == "sdpa" else embeds.dtype
     mask = _packed_attention_mask(prefix_lengths, answer_lengths, width, additive).to(device)
     hidden = model.causal_lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,

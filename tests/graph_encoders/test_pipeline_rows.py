@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from graph_encoders.cli import FitGraphConfig
-from graph_encoders.predictions import prediction_records, write_records
+from graph_encoders.predictions import prediction_records
+from llmrec.atomic import write_jsonl
 from llmrec.config import ConfigError, load_config
 from llmrec.evaluation import PredictionsError, read_predictions
 from llmrec.pipeline import PipelineConfig, check_baseline_config, restrict_to_rows
@@ -27,18 +28,18 @@ def baseline(tmp_path, tiny_dataset):
     cands = tiny_dataset.candidates("test", sampler="uniform", size=5, seed=0)
     scores = np.random.default_rng(0).normal(size=cands.items.shape).astype(np.float32)
     records = prediction_records(tiny_dataset, "test", cands, scores, "sasrec")
-    return records, write_records(tmp_path / "predictions-test-uni5.jsonl", records)
+    return records, write_jsonl(tmp_path / "predictions-test-uni5.jsonl", records)
 
 
 def test_baseline_lines_are_restricted_to_the_rows_tmf_ranked(tmp_path, baseline):
     records, path = baseline
     rows = [3, 7, 19]
-    reference = write_records(tmp_path / "predictions-rank.jsonl", [_tmf_like(records[r]) for r in rows])
+    reference = write_jsonl(tmp_path / "predictions-rank.jsonl", [_tmf_like(records[r]) for r in rows])
     out = restrict_to_rows(path, reference, tmp_path / "eval" / "sasrec-test-uni5.jsonl")
     kept = read_predictions(out).records
     assert [r["row"] for r in kept] == rows and kept == [records[r] for r in rows]
     # every row: the filter is the identity
-    everything = write_records(tmp_path / "all.jsonl", [_tmf_like(r) for r in records])
+    everything = write_jsonl(tmp_path / "all.jsonl", [_tmf_like(r) for r in records])
     assert read_predictions(restrict_to_rows(path, everything, tmp_path / "same.jsonl")).records == records
 
 
@@ -46,11 +47,11 @@ def test_rows_on_other_candidates_or_missing_are_errors(tmp_path, baseline):
     records, path = baseline
     other = _tmf_like(records[5])
     other["candidates"] = other["candidates"][::-1]
-    reference = write_records(tmp_path / "rank.jsonl", [_tmf_like(records[2]), other])
+    reference = write_jsonl(tmp_path / "rank.jsonl", [_tmf_like(records[2]), other])
     with pytest.raises(PredictionsError, match=r"rank.jsonl:2: row \('test', 5, '5'\) has other candidates"):
         restrict_to_rows(path, reference, tmp_path / "out.jsonl")
     missing = _tmf_like(records[1]) | {"row": 99}
-    reference = write_records(tmp_path / "rank.jsonl", [missing])
+    reference = write_jsonl(tmp_path / "rank.jsonl", [missing])
     with pytest.raises(PredictionsError, match=r"rank.jsonl:1: \(split, row, user\) \('test', 99, '1'\) is not in"):
         restrict_to_rows(path, reference, tmp_path / "out.jsonl")
 
