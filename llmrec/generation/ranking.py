@@ -11,7 +11,7 @@ Cost: the C candidates of a prompt share every token before the answer. By defau
 (``prompt | answer_1 | ... | answer_C``) whose attention mask keeps the answers apart and whose position
 ids restart after the prompt for every answer: one forward pass, no KV cache to copy.
 ``method="prefix"`` runs the prompt with ``use_cache=True``, repeats the KV cache C times and runs the C
-answers over it (1.7x slower on CPU: the copies of the cache and of its grouped-query heads). The
+answers over it (1.65x slower on CPU in bench/ranking.py: it copies the cache and expands its grouped-query heads). The
 original one-full-sequence-per-(prompt, candidate) path stays as ``method="full"``: it is the reference
 both are tested against, and the fallback for an LM that returns no KV cache. All three sum the same
 tokens with the same LM head, so they agree up to float rounding (~1e-5 in fp32).
