@@ -1,23 +1,29 @@
 """Batches of :class:`~llmrec.prompts.RenderedPrompt` for the TMF model (TMF §4.2-4.3).
 
-Each text segment is tokenized on its own and the ids are concatenated, so slot
-boundaries are exact; every slot becomes one placeholder id (an existing token:
-the vocabulary is never resized) flagged in ``item_slot_mask`` /
+The prompt's text is tokenized and every slot becomes one placeholder id (an
+existing token: the vocabulary is never resized) flagged in ``item_slot_mask`` /
 ``behavior_slot_mask``. The answer (the target's name) and the end token are
 appended with labels; every other position is labelled -100, so the loss is
 Eq. 9-11's sum over the answer tokens only.
 
-Tokenizing pieces separately (choices, also in docs/prompts.md):
+Tokenizing around slots (choices, also in docs/prompts.md):
 
-* A segment that does not start the sequence is tokenized behind an anchor
-  (``"\\n"``) whose ids are then removed. Byte-level BPE (SmolLM2, Llama-3) gives the
-  same ids with or without the anchor; SentencePiece (Llama-2) would otherwise add
-  a word-start marker to every piece. If the anchor merges with the piece, the
-  piece is tokenized plainly.
-* Segments keep the spaces of the sentence: the text after a slot starts with a
-  space or punctuation (``" water bottles"``), so a BPE piece boundary falls where
-  it falls in the whole sentence. Only a title ending in punctuation next to a
-  slot (``"(1995)" [MT_i] ","``) tokenizes differently from the slot-free text.
+* The text tokens of a prompt are those of its slot-free text, so the three tasks
+  see identical text tokens and a hard prompt is exactly its easy prompt plus the
+  slot placeholders. With a fast tokenizer (offsets), the slot-free text is
+  tokenized whole and each slot goes right after the token that holds the last
+  character before it. Where a title's last character merges with the text after
+  the slot (SmolLM2's ``"),"`` in ``"Heat (1995), Jumanji"``), the slot comes after
+  the merged token: ``Heat (1995),[MT_i] Jumanji``. Tokenizing the pieces apart
+  would instead split ``"),"`` into two tokens, one more per candidate (10 of ~280
+  tokens in an ML-100k prompt).
+* A slow tokenizer (no offsets) tokenizes the segments one by one; a segment that
+  does not start the sequence goes behind an anchor (``"\\n"``) whose ids are then
+  removed, since SentencePiece (Llama-2) would otherwise add a word-start marker to
+  every piece. Segments keep the spaces of the sentence, so only merges across a
+  slot (above) differ from the slot-free text.
+* The same anchor is used when the whole text does not start the sequence (chat
+  template): byte-level BPE gives the same ids with or without it.
 * Plain mode (default) is ``<bos?>prompt\\nAnswer: title<eos>``: the Fig. 3 format,
   right for base models (Llama-2-7B in the paper), fewest tokens, and the same
   text for HF and vLLM. ``chat_template: true`` puts the prompt in the
@@ -95,6 +101,7 @@ class TMFCollator:
             raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
         self.placeholder_id = self._placeholder(placeholder_token_id)
         self._tokenize = functools.lru_cache(maxsize=cache_size)(self._tokenize_uncached)
+        self.whole_text = bool(getattr(tokenizer, "is_fast", False))  # offsets: slots placed in the whole text
         self._anchor_ids = self._ids(ANCHOR)
         self._prefix_ids, self._suffix_ids = self._frame()
 
@@ -120,6 +127,19 @@ class TMFCollator:
         if anchored[:n] == self._anchor_ids:
             return tuple(anchored[n:])
         return tuple(self._ids(text))
+
+    def _tokenize_with_starts(self, text: str, at_start: bool) -> tuple[list[int], list[int]]:
+        """Ids of ``text`` and each token's first character in ``text`` (fast tokenizers only)."""
+        def encode(value: str) -> tuple[list[int], list[int]]:
+            out = self.tokenizer(value, add_special_tokens=False, return_offsets_mapping=True)
+            return list(out["input_ids"]), [start for start, _ in out["offset_mapping"]]
+
+        if not at_start:
+            ids, starts = encode(ANCHOR + text)
+            n = len(self._anchor_ids)
+            if ids[:n] == self._anchor_ids:
+                return ids[n:], [s - len(ANCHOR) for s in starts[n:]]
+        return encode(text)
 
     def _placeholder(self, given: int | None) -> int:
         vocab = len(self.tokenizer)
@@ -153,16 +173,11 @@ class TMFCollator:
     def encode(self, prompt: RenderedPrompt, row: int = 0) -> EncodedPrompt:
         """Ids and position kinds of one prompt (with its answer when ``with_answer``); no truncation."""
         ids, kinds = list(self._prefix_ids), [_TEXT] * len(self._prefix_ids)
-        at_start = not self.chat_template  # the first piece starts the text (after <bos>, if any)
-        for seg in prompt.segments:
-            if isinstance(seg, Slot):
-                ids.append(self.placeholder_id)
-                kinds.append(_ITEM if seg.kind == "item" else _BEHAVIOR)
-            elif seg:
-                piece = self._tokenize(seg, at_start)
-                at_start = False
-                ids.extend(piece)
-                kinds.extend([_TEXT] * len(piece))
+        at_start = not self.chat_template  # the prompt starts the text (after <bos>, if any)
+        if self.whole_text:
+            self._encode_whole(prompt.segments, at_start, ids, kinds)
+        else:
+            self._encode_pieces(prompt.segments, at_start, ids, kinds)
         ids.extend(self._suffix_ids)
         kinds.extend([_TEXT] * len(self._suffix_ids))
         n_labels = 0
@@ -175,6 +190,39 @@ class TMFCollator:
             kinds.extend([_TEXT] * len(answer))
             n_labels = len(answer)
         return EncodedPrompt(ids, kinds, n_labels, prompt)
+
+    def _encode_whole(self, segments: Sequence[str | Slot], at_start: bool, ids: list[int], kinds: list[int]) -> None:
+        """Tokenize the slot-free text once; put each slot after the token holding the character before it."""
+        texts, slots, position = [], [], 0
+        for seg in segments:
+            if isinstance(seg, Slot):
+                slots.append((position, _ITEM if seg.kind == "item" else _BEHAVIOR))
+            elif seg:
+                texts.append(seg)
+                position += len(seg)
+        text_ids, starts = self._tokenize_with_starts("".join(texts), at_start)
+        j = 0
+        for position, kind in slots:
+            while j < len(text_ids) and starts[j] < position:
+                ids.append(text_ids[j])
+                kinds.append(_TEXT)
+                j += 1
+            ids.append(self.placeholder_id)
+            kinds.append(kind)
+        ids.extend(text_ids[j:])
+        kinds.extend([_TEXT] * (len(text_ids) - j))
+
+    def _encode_pieces(self, segments: Sequence[str | Slot], at_start: bool, ids: list[int], kinds: list[int]) -> None:
+        """Slow tokenizers: tokenize each text segment on its own (behind the anchor unless it starts the text)."""
+        for seg in segments:
+            if isinstance(seg, Slot):
+                ids.append(self.placeholder_id)
+                kinds.append(_ITEM if seg.kind == "item" else _BEHAVIOR)
+            elif seg:
+                piece = self._tokenize(seg, at_start)
+                at_start = False
+                ids.extend(piece)
+                kinds.extend([_TEXT] * len(piece))
 
     def _without_oldest(self, prompt: RenderedPrompt, k: int) -> RenderedPrompt:
         return self.renderer.render(prompt.history_items[k:], prompt.history_behaviors[k:], prompt.candidates,

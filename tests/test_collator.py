@@ -113,15 +113,54 @@ def test_without_answers_there_are_no_labels_and_left_padding_ends_on_the_prompt
         TMFCollator(tokenizer, renderer)([unknown])
 
 
+@pytest.mark.parametrize("whole_text", [True, False], ids=["offsets", "pieces"])
 @pytest.mark.parametrize("task", TASKS)
-def test_segment_tokenization_equals_whole_text_tokenization(tokenizer, renderer, task):
+def test_text_tokens_equal_the_slot_free_text_tokens(tokenizer, renderer, task, whole_text):
     prompt = render_shop(task, renderer=renderer)
     collator = TMFCollator(tokenizer, renderer)
+    assert collator.whole_text  # SmolLM2's tokenizer is fast
+    collator.whole_text = whole_text  # the per-segment path slow tokenizers take
     batch = collator([prompt])
     ids = batch["input_ids"][0]
     text_ids = ids[~(batch["item_slot_mask"][0] | batch["behavior_slot_mask"][0])].tolist()
     whole = tokenizer(prompt.text(slot_markers=False) + " " + prompt.answer, add_special_tokens=False)["input_ids"]
     assert text_ids == list(whole) + [tokenizer.eos_token_id]
+
+
+MOVIE_TITLES = [f"{name} ({year})" for name, year in [
+    ("Heat", 1995), ("Toy Story", 1995), ("Fargo", 1996), ("Jumanji", 1995), ("Se7en", 1995), ("Babe", 1995),
+    ("Casino", 1995), ("Clueless", 1995), ("Braveheart", 1995), ("Apollo 13", 1995), ("Ed Wood", 1994),
+    ("Mighty Aphrodite", 1995)]]
+
+
+def test_titles_ending_in_punctuation_keep_the_slot_free_tokens_in_every_task(tokenizer):
+    """ML-100k titles end in ')' which SmolLM2 merges with the separator (the token '),'): the slots
+    go after the merged token, so every task's text tokens are the slot-free text's, and a hard prompt
+    is its easy prompt plus placeholders (no extra token per candidate)."""
+    renderer = PromptRenderer(PromptConfig(), item_titles=MOVIE_TITLES, behaviors=["dislike", "neutral", "like"],
+                              target_behavior="like")
+    assert renderer.domain.name == "ml-100k"
+    collator = TMFCollator(tokenizer, renderer)
+    rows = {}
+    for task in TASKS:
+        prompt = render_shop(task, renderer=renderer)
+        assert "(1995), " in prompt.text(slot_markers=False)
+        row = collator.encode(prompt)
+        kinds = torch.tensor(row.kinds)
+        text_ids = torch.tensor(row.input_ids)[kinds == 0].tolist()
+        whole = tokenizer(prompt.text(slot_markers=False) + " " + prompt.answer, add_special_tokens=False)["input_ids"]
+        assert text_ids == list(whole) + [tokenizer.eos_token_id]
+        rows[task] = row
+    n_slots = {t: sum(k != 0 for k in r.kinds) for t, r in rows.items()}
+    assert n_slots == {"easy": 0, "medium": len(HISTORY) + 1, "hard": 2 * len(HISTORY) + 1 + len(CANDIDATES)}
+    for task in ("medium", "hard"):
+        assert len(rows[task].input_ids) == len(rows["easy"].input_ids) + n_slots[task]
+    # each candidate's item slot follows the token that ends its title (with the merged comma)
+    hard = rows["hard"]
+    item_positions = [i for i, k in enumerate(hard.kinds) if k == 1][len(HISTORY):]
+    for position, item in zip(item_positions, CANDIDATES):
+        before = tokenizer.decode(hard.input_ids[position - 6:position])
+        assert before.rstrip(",.").endswith(MOVIE_TITLES[item][-6:]), (before, MOVIE_TITLES[item])
 
 
 def test_truncation_drops_the_oldest_history_first_and_keeps_candidates_and_answer(tokenizer, renderer):
@@ -189,7 +228,8 @@ def test_bad_collator_arguments(tokenizer, renderer):
         TMFCollator(tokenizer, renderer)([])
 
 
-def test_sentencepiece_style_pieces_get_no_spurious_word_start_marker():
+@pytest.mark.parametrize("whole_text", [True, False], ids=["offsets", "pieces"])
+def test_sentencepiece_style_pieces_get_no_spurious_word_start_marker(whole_text):
     """Llama-2-style tokenizers mark word starts with '▁' and prepend one to a text's start.
 
     No Llama-2 tokenizer is available offline, so a small SentencePiece-style BPE
@@ -209,7 +249,9 @@ def test_sentencepiece_style_pieces_get_no_spurious_word_start_marker():
     sp.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     easy = render_shop("easy", renderer=renderer)
-    batch = TMFCollator(tok, renderer)([easy, render_shop("hard", renderer=renderer)])
+    collator = TMFCollator(tok, renderer)
+    collator.whole_text = whole_text  # False: the per-segment path of slow tokenizers
+    batch = collator([easy, render_shop("hard", renderer=renderer)])
     assert batch["input_ids"][0, 0].item() == tok.bos_token_id  # the tokenizer's own start token is kept
     whole = tok(easy.text(slot_markers=False) + " " + easy.answer)["input_ids"] + [tok.eos_token_id]
     assert batch["input_ids"][0, : len(whole)].tolist() == whole
