@@ -21,23 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from random_tables import random_tables  # bench/ is on sys.path when a script there runs
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
-
-
-def random_tables(n_items: int, n_behaviors: int):
-    """Text (MiniLM width), image and graph (MBHT width) tables of seeded random values."""
-    import torch
-
-    from llmrec.model import ModalityTables
-    from llmrec.tables import EmbeddingTable
-
-    gen = torch.Generator().manual_seed(0)
-    ones = torch.ones(n_items, dtype=torch.bool)
-    return ModalityTables(text=EmbeddingTable(torch.randn(n_items, 384, generator=gen), ones),
-                          image=EmbeddingTable(torch.randn(n_items, 512, generator=gen), ones),
-                          graph=EmbeddingTable(torch.randn(n_items, 64, generator=gen), ones,
-                                               behavior=torch.randn(n_behaviors, 64, generator=gen)))
 
 
 def main() -> int:

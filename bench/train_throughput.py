@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from random_tables import random_tables  # bench/ is on sys.path when a script there runs
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 logger = logging.getLogger("bench.train_throughput")
@@ -51,19 +53,9 @@ def build_dataset(args):
     return prepare(cfg)
 
 
-def random_tables(dataset):
-    import torch
-
-    from llmrec.model import ModalityTables
-    from llmrec.tables import EmbeddingTable
-
-    gen = torch.Generator().manual_seed(0)
-    n, ones = dataset.n_items, torch.ones(dataset.n_items, dtype=torch.bool)
-    return ModalityTables(
-        text=EmbeddingTable(torch.randn(n, 384, generator=gen), ones),  # MiniLM width
-        image=None,  # ML-100k has no images
-        graph=EmbeddingTable(torch.randn(n, 64, generator=gen), ones,  # MBHT width
-                             behavior=torch.randn(dataset.n_behaviors, 64, generator=gen)))
+def tables(dataset):
+    """Random tables of the real widths; no image modality (ML-100k has none)."""
+    return random_tables(dataset.n_items, dataset.n_behaviors, with_image=False)
 
 
 def train_config(args, task: str, precision: str):
@@ -81,7 +73,7 @@ def run_ours(args) -> dict:
     from llmrec.training import Trainer
 
     dataset = build_dataset(args)
-    trainer = Trainer(train_config(args, args.task, args.precision), dataset, random_tables(dataset))
+    trainer = Trainer(train_config(args, args.task, args.precision), dataset, tables(dataset))
     records = [trainer.train_step() for _ in range(args.steps + 1)]
     timed = records[1:] or records  # the first step is warm-up
     if args.rows_file:  # the rows of every step (warm-up first), so the plain loop trains the same samples
@@ -160,7 +152,7 @@ def build_trainers(args, tasks) -> dict:
 
     torch.set_num_threads(2)
     dataset = build_dataset(args)
-    return {task: Trainer(train_config(args, task, args.precision), dataset, random_tables(dataset)) for task in tasks}
+    return {task: Trainer(train_config(args, task, args.precision), dataset, tables(dataset)) for task in tasks}
 
 
 def save_report(name: str, args, report: dict, lines: list[str], title: str) -> None:
