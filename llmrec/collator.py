@@ -69,7 +69,9 @@ class TMFCollator:
 
     ``renderer`` is needed only to shorten over-long prompts (and supplies
     ``chat_template`` from its config); ``max_length`` counts prompt, answer and
-    end token; ``None`` means no limit.
+    end token; ``None`` means no limit. ``whole_text`` (true for fast tokenizers) says
+    whether slots are placed by offsets in the whole text or between separately
+    tokenized segments (module docstring).
     """
 
     def __init__(self, tokenizer: Any, renderer: PromptRenderer | None = None, max_length: int | None = None,
