@@ -21,7 +21,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,8 +79,12 @@ class FitResult:
     table_path: Path | None
 
 
-def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True) -> FitResult:
-    """Run one fit-graph job; ``dataset`` (a prepared SequenceDataset) skips data preparation."""
+def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True,
+              resume: bool | None = None) -> FitResult:
+    """Run one fit-graph job; ``dataset`` (a prepared SequenceDataset) skips data preparation.
+
+    ``resume`` overrides ``config.train.resume`` for this call only (the saved config keeps its value).
+    """
     started = time.perf_counter()
     if dataset is None:
         from llmrec.data import load_data_config, prepare
@@ -92,7 +96,8 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     seed_everything(config.train.seed)
     model = build_model(config.model_name, config.model_params, DatasetSpec.from_dataset(dataset))
     batcher = SequenceBatcher(dataset, model.config.max_len, config.sequence)
-    trainer = Trainer(model, batcher, config.train, config.eval, run_dir=run_dir, progress=progress)
+    train = config.train if resume is None else replace(config.train, resume=resume)
+    trainer = Trainer(model, batcher, train, config.eval, run_dir=run_dir, progress=progress)
     state = trainer.fit()
     results: dict[str, Any] = {}
     eval_seconds: dict[str, float] = {}

@@ -12,7 +12,9 @@
   restored at the end.
 * Atomic checkpoints in ``<run_dir>/checkpoint``: written to a temporary folder, then
   renamed. Weights, best weights, optimizer state and RNG state are safetensors;
-  counters and history are JSON. ``resume=true`` continues from the last complete one.
+  counters and history are JSON. ``resume=true`` continues from the last complete one;
+  a checkpoint of another dataset version (its fingerprint) or window count raises
+  :class:`StaleCheckpointError` instead of being continued on data it was not trained on.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from llmrec.config import ConfigError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
+
+
+class StaleCheckpointError(ValueError):
+    """The run folder's checkpoint was trained on other data than this run's."""
 
 
 @dataclass
@@ -202,7 +208,8 @@ class Trainer:
         optim_tensors, param_groups = _flatten_optimizer(self.optimizer.state_dict())
         optim_tensors["rng.torch"] = torch.get_rng_state()
         save_file(optim_tensors, str(tmp / "optimizer.safetensors"))
-        state = {**self.state.__dict__, "param_groups": param_groups, "windows": len(self.windows.rows)}
+        state = {**self.state.__dict__, "param_groups": param_groups, "windows": len(self.windows.rows),
+                 "dataset_fingerprint": self._fingerprint()}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -211,14 +218,21 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def _fingerprint(self) -> str | None:
+        return getattr(self.batcher.dataset, "fingerprint", None)
+
     def load_checkpoint(self) -> None:
         path = self._find_checkpoint()
         if path is None:
             raise FileNotFoundError(f"no complete checkpoint under {self.checkpoint_path}")
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        saved = state.pop("dataset_fingerprint", None)  # None: written before fingerprints were recorded
+        if saved is not None and saved != self._fingerprint():
+            raise StaleCheckpointError(f"{path}: checkpoint was trained on dataset version {saved}, this data is "
+                                       f"{self._fingerprint()}; use a fresh run folder or train.resume=false")
         if state.get("windows") != len(self.windows.rows):
-            raise ValueError(f"{path}: checkpoint was trained on {state.get('windows')} windows, this data has "
-                             f"{len(self.windows.rows)}; use a fresh run folder or train.resume=false")
+            raise StaleCheckpointError(f"{path}: checkpoint was trained on {state.get('windows')} windows, this data "
+                                       f"has {len(self.windows.rows)}; use a fresh run folder or train.resume=false")
         self.model.load_state_dict(load_file(str(path / "model.safetensors")))
         best = path / "best_model.safetensors"
         self.best_weights = load_file(str(best)) if best.is_file() else None

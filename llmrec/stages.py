@@ -17,6 +17,7 @@ checkout says why it takes longer the first time.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +60,59 @@ def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset,
     A finished run is reused when its ``embeddings.safetensors`` was written for the same dataset
     fingerprint and its saved config equals the requested one; the per-row predictions files named by
     ``predictions`` (``(split, protocol)`` pairs) that it lacks are then written from its best weights
-    without training. Otherwise the model is trained (again). So the
-    pipeline's MBHT baseline and the recipe's MBHT graph stage are one run, and a second pipeline run
-    trains no baseline again.
+    without training. A run folder trained on another dataset version or with another config is
+    cleared (metrics, tables, predictions, checkpoints) and trained from scratch; an unfinished run
+    of this config continues from its checkpoint (from scratch if the checkpoint is of other data).
+    So the pipeline's MBHT baseline and the recipe's MBHT graph stage are one run, and a second
+    pipeline run trains no baseline again.
     """
     from graph_encoders.cli import FitGraphConfig, fit_graph
     from graph_encoders.predictions import predictions_path
+    from graph_encoders.trainer import StaleCheckpointError
 
     cfg = load_config(FitGraphConfig, graph_config)
     run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
     missing = [(split, protocol) for split, protocol in predictions
                if not predictions_path(run_dir, split, protocol).is_file()]
-    if _graph_run_matches(run_dir, run_dir / "embeddings.safetensors", cfg, dataset):
+    state = _graph_run_state(run_dir, run_dir / "embeddings.safetensors", cfg, dataset)
+    if state == "reuse":
         log.info("stage graph: reusing the %s run in %s", cfg.model_name, run_dir)
         if missing:
             _write_missing_predictions(run_dir, dataset, missing)
         return run_dir
     log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name, dataset.name, run_dir)
-    fit_graph(cfg, dataset=dataset)
+    trained = False
+    if state == "resume":  # an unfinished run of this config: continue it (unless its checkpoint is of other data)
+        try:
+            fit_graph(cfg, dataset=dataset)
+            trained = True
+        except StaleCheckpointError as err:
+            log.info("stage graph: %s; training from scratch", err)
+    if not trained:
+        _clear_run_outputs(run_dir)
+        fit_graph(cfg, dataset=dataset, resume=False)
+    missing = [(split, protocol) for split, protocol in predictions
+               if not predictions_path(run_dir, split, protocol).is_file()]
+    if missing:  # asked for, but the config does not write them while training (write_predictions: false)
+        _write_missing_predictions(run_dir, dataset, missing)
     return run_dir
+
+
+def _clear_run_outputs(run_dir: Path) -> None:
+    """Remove what an earlier run of other data or another config left (so none of it is taken for this run's)."""
+    from graph_encoders.trainer import CHECKPOINT_DIR
+
+    stale = [run_dir / n for n in ("metrics.json", "embeddings.safetensors", "embeddings.json")]
+    stale += sorted(run_dir.glob("predictions-*.jsonl"))
+    stale += [run_dir / CHECKPOINT_DIR, run_dir / (CHECKPOINT_DIR + ".old")]
+    removed = [path.name for path in stale if path.exists()]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if removed:
+        log.info("stage graph: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
 
 
 def _write_missing_predictions(run_dir: Path, dataset: SequenceDataset, wanted: list[tuple[str, str]]) -> None:
@@ -106,21 +141,22 @@ def ensure_graph_table(graph_config: str | Path, dataset: SequenceDataset) -> Em
     return load_table(table_path)
 
 
-def _graph_run_matches(run_dir: Path, table_path: Path, cfg: Any, dataset: SequenceDataset) -> bool:
+def _graph_run_state(run_dir: Path, table_path: Path, cfg: Any, dataset: SequenceDataset) -> str:
+    """``"reuse"`` (finished on this dataset version with this config), ``"fresh"`` (trained on other data
+    or with another config: start over) or ``"resume"`` (absent or unfinished: train, continuing a checkpoint)."""
     saved_config = run_dir / "config.yaml"
-    if not (table_path.is_file() and saved_config.is_file() and (run_dir / "metrics.json").is_file()):
-        return False
     meta_path = table_path.with_suffix(".json")
-    if not meta_path.is_file():
-        return False
-    meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
-    if meta.get("dataset_fingerprint") != dataset.fingerprint:
-        log.info("stage graph: %s was trained on another dataset version; training again", run_dir)
-        return False
-    if yaml.safe_load(saved_config.read_text(encoding="utf-8")) != to_dict(cfg):
+    if meta_path.is_file():
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
+        if meta.get("dataset_fingerprint") != dataset.fingerprint:
+            log.info("stage graph: %s was trained on another dataset version; training again", run_dir)
+            return "fresh"
+    if saved_config.is_file() and yaml.safe_load(saved_config.read_text(encoding="utf-8")) != to_dict(cfg):
         log.info("stage graph: %s was trained with another config; training again", run_dir)
-        return False
-    return True
+        return "fresh"
+    if table_path.is_file() and meta_path.is_file() and saved_config.is_file() and (run_dir / "metrics.json").is_file():
+        return "reuse"
+    return "resume"
 
 
 def ensure_inputs(cfg: Any) -> tuple[SequenceDataset, Any]:

@@ -262,6 +262,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "position": self.position,
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
                 "world_size": self.accelerator.num_processes, "curriculum": self.curriculum.state_dict(),
+                "dataset_fingerprint": getattr(self.dataset, "fingerprint", None),
                 "rng": ckpt.capture_rng_state(), "eval_history": self.eval_history,
                 "collator": {"truncations": self.collator.truncations,
                              "dropped_history_items": self.collator.dropped_history_items}}
@@ -313,6 +314,10 @@ class Trainer:
         """Restore weights, optimizer, position, curriculum and RNG states from a checkpoint."""
         folder = ckpt.resolve_resume(resume, self.cfg.output_dir)
         state = ckpt.load_trainer_state(folder)
+        saved, now = state.get("dataset_fingerprint"), getattr(self.dataset, "fingerprint", None)
+        if saved is not None and saved != now:  # None: a checkpoint written before fingerprints were recorded
+            raise ValueError(f"{folder}: trained on dataset version {saved}, this run's data is {now}; resuming "
+                             "would continue on other rows. Train into a new output_dir instead")
         for key, now in (("total_steps", self.total_steps), ("world_size", self.accelerator.num_processes)):
             if state.get(key) != now:
                 logger.warning("resuming %s: it had %s=%s, this run has %s; the continuation will differ",

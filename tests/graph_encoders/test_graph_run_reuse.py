@@ -1,5 +1,8 @@
 """``llmrec.stages.ensure_graph_run``: one run per (config, dataset), reused, predictions written without retraining."""
 
+import logging
+
+import torch
 import yaml
 
 from graph_encoders.predictions import predictions_path
@@ -48,10 +51,45 @@ def test_missing_predictions_come_from_the_best_weights(tmp_path, make_tiny):
     assert evaluate_predictions(read_predictions(target), ks=(1,))["HR@1"] == recorded
 
 
-def test_another_config_trains_again(tmp_path, make_tiny):
+def _metrics(run_dir):
+    return yaml.safe_load((run_dir / "metrics.json").read_text())
+
+
+def test_another_config_trains_again_from_scratch(tmp_path, make_tiny):
     dataset = make_tiny()
-    run_dir = ensure_graph_run(_config(tmp_path), dataset)
-    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
-    changed = _config(tmp_path, train={**TINY["train"], "epochs": 1})
+    run_dir = ensure_graph_run(_config(tmp_path, write_predictions=False), dataset, predictions=(("test", "uni5"),))
+    assert _metrics(run_dir)["epochs_trained"] == 2 and predictions_path(run_dir, "test", "uni5").is_file()
+    changed = _config(tmp_path, train={**TINY["train"], "epochs": 1}, write_predictions=False)
     assert ensure_graph_run(changed, dataset) == run_dir
-    assert (run_dir / "metrics.json").stat().st_mtime_ns != stamp
+    # not the old 2-epoch checkpoint continued (which would report 2 epochs and write nothing new)
+    assert _metrics(run_dir)["epochs_trained"] == 1 and len(_metrics(run_dir)["history"]) == 1
+    assert not predictions_path(run_dir, "test", "uni5").exists()  # the old run's predictions are gone
+
+
+def test_another_dataset_version_trains_from_scratch(tmp_path, make_tiny):
+    """Same shape (same window count) but other data: the old checkpoint must not be continued."""
+    path = _config(tmp_path)
+    run_dir = ensure_graph_run(path, make_tiny(seed=0))
+    new_data = make_tiny(seed=1)
+    assert ensure_graph_run(path, new_data) == run_dir
+    metrics = _metrics(run_dir)
+    assert metrics["dataset_fingerprint"] == "tiny-1" and metrics["epochs_trained"] == 2
+    (tmp_path / "ref").mkdir()
+    reference = _config(tmp_path / "ref")  # a run on the new data alone, in its own folder
+    ref_dir = ensure_graph_run(reference, new_data)
+    assert torch.equal(ensure_graph_table(path, new_data).item, ensure_graph_table(reference, new_data).item)
+    assert ref_dir != run_dir
+
+
+def test_an_unfinished_run_continues_from_its_checkpoint(tmp_path, make_tiny, caplog):
+    dataset = make_tiny()
+    path = _config(tmp_path)
+    run_dir = ensure_graph_run(path, dataset)
+    table = ensure_graph_table(path, dataset).item
+    for name in ("metrics.json", "embeddings.safetensors", "embeddings.json"):  # as if killed after training
+        (run_dir / name).unlink()
+    with caplog.at_level(logging.INFO, logger="graph_encoders.trainer"):
+        assert ensure_graph_run(path, dataset) == run_dir
+    assert "resumed from" in caplog.text
+    assert _metrics(run_dir)["epochs_trained"] == 2
+    assert torch.equal(ensure_graph_table(path, dataset).item, table)

@@ -6,7 +6,7 @@ import torch
 from graph_encoders.base import DatasetSpec, build_model
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import CandidateProtocol, EvalConfig, evaluate
-from graph_encoders.trainer import Trainer, TrainConfig, seed_everything
+from graph_encoders.trainer import StaleCheckpointError, Trainer, TrainConfig, seed_everything
 from llmrec.config import ConfigError, from_dict
 
 EVAL = EvalConfig(
@@ -74,6 +74,16 @@ def test_resume_falls_back_to_the_previous_checkpoint(tiny_dataset, tmp_path):
     again = _trainer(tiny_dataset, tmp_path, epochs=1)
     assert again._find_checkpoint() == tmp_path / "checkpoint.old"
     assert again.fit().epoch == 1  # nothing left to train
+
+
+def test_a_checkpoint_of_other_data_is_refused_not_continued(make_tiny, tmp_path):
+    _trainer(make_tiny(seed=0), tmp_path, epochs=2, patience=100).fit()
+    other = make_tiny(seed=1)  # same shape and window count, other interactions
+    with pytest.raises(StaleCheckpointError, match=r"checkpoint was trained on dataset version tiny-0, this data is "
+                                                  r"tiny-1; use a fresh run folder or train.resume=false"):
+        _trainer(other, tmp_path, epochs=3, patience=100).fit()
+    state = _trainer(other, tmp_path, epochs=2, patience=100, resume=False).fit()  # explicit fresh start
+    assert state.epoch == 2
 
 
 def test_bad_monitor_and_config_are_reported(tiny_dataset):

@@ -89,6 +89,21 @@ def test_resume_continues_the_run_exactly(tmp_path, tiny_lm_dir, shop, tables):
     assert [r["loss"] for r in lines_a] == [r["loss"] for r in lines_b]
 
 
+def test_resume_refuses_a_checkpoint_of_another_dataset_version(tmp_path, tiny_lm_dir, shop, tables):
+    import dataclasses
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "other-data", "save_every=1", "eval.every=-1")
+    train(cfg, shop, tables, stop_after=1)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    other = dataclasses.replace(shop, fingerprint="another-version")
+    with pytest.raises(ValueError, match=rf"step-00000001: trained on dataset version {shop.fingerprint}, this run's "
+                                         r"data is another-version; resuming would continue on other rows"):
+        train(cfg, other, tables, resume="auto")
+
+
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_lm_dir, shop, tables, monkeypatch):
     cfg = tiny_config(tmp_path, tiny_lm_dir, "crash", "save_every=2", "eval.every=-1")
     real_save_state = ckpt.save_trainer_state
