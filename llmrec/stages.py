@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,11 @@ def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset,
     A finished run is reused when its ``embeddings.safetensors`` was written for the same dataset
     fingerprint and its saved config equals the requested one; the per-row predictions files named by
     ``predictions`` (``(split, protocol)`` pairs) that it lacks are then written from its best weights
-    without training. A run folder trained on another dataset version or with another config is
-    cleared (metrics, tables, predictions, checkpoints) and trained from scratch; an unfinished run
-    of this config continues from its checkpoint (from scratch if the checkpoint is of other data).
+    without training. A folder holding a run on another version of the dataset is left alone: this
+    version trains into ``<folder>-<fingerprint[:12]>`` (e.g. a recipe's ``max_history=10`` split next
+    to ``llmrec fit-graph``'s default one). A folder trained with another config is cleared (metrics,
+    tables, predictions, checkpoints) and trained from scratch; an unfinished run of this config
+    continues from its checkpoint (from scratch if the checkpoint is of other data).
     So the pipeline's MBHT baseline and the recipe's MBHT graph stage are one run, and a second
     pipeline run trains no baseline again.
     """
@@ -72,9 +75,15 @@ def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset,
 
     cfg = load_config(FitGraphConfig, graph_config)
     run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
+    state = _graph_run_state(run_dir, cfg, dataset)
+    if state == "other data":  # keep that run; this dataset version gets a folder of its own
+        versioned = run_dir.with_name(f"{run_dir.name}-{dataset.fingerprint[:12]}")
+        log.info("stage graph: %s holds a run on another version of %s; using %s for this one",
+                 run_dir, dataset.name, versioned)
+        run_dir, cfg = versioned, replace(cfg, output_dir=str(versioned))
+        state = _graph_run_state(run_dir, cfg, dataset)
     missing = [(split, protocol) for split, protocol in predictions
                if not predictions_path(run_dir, split, protocol).is_file()]
-    state = _graph_run_state(run_dir, run_dir / "embeddings.safetensors", cfg, dataset)
     if state == "reuse":
         log.info("stage graph: reusing the %s run in %s", cfg.model_name, run_dir)
         if missing:
@@ -141,16 +150,16 @@ def ensure_graph_table(graph_config: str | Path, dataset: SequenceDataset) -> Em
     return load_table(table_path)
 
 
-def _graph_run_state(run_dir: Path, table_path: Path, cfg: Any, dataset: SequenceDataset) -> str:
-    """``"reuse"`` (finished on this dataset version with this config), ``"fresh"`` (trained on other data
-    or with another config: start over) or ``"resume"`` (absent or unfinished: train, continuing a checkpoint)."""
-    saved_config = run_dir / "config.yaml"
+def _graph_run_state(run_dir: Path, cfg: Any, dataset: SequenceDataset) -> str:
+    """What to do with ``run_dir``: ``"reuse"`` (finished on this dataset version with this config),
+    ``"other data"`` (its table was written for another dataset version), ``"fresh"`` (another config:
+    start over) or ``"resume"`` (absent or unfinished: train, continuing its checkpoint)."""
+    table_path, saved_config = run_dir / "embeddings.safetensors", run_dir / "config.yaml"
     meta_path = table_path.with_suffix(".json")
     if meta_path.is_file():
         meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
         if meta.get("dataset_fingerprint") != dataset.fingerprint:
-            log.info("stage graph: %s was trained on another dataset version; training again", run_dir)
-            return "fresh"
+            return "other data"
     if saved_config.is_file() and yaml.safe_load(saved_config.read_text(encoding="utf-8")) != to_dict(cfg):
         log.info("stage graph: %s was trained with another config; training again", run_dir)
         return "fresh"

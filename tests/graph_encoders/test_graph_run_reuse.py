@@ -66,19 +66,24 @@ def test_another_config_trains_again_from_scratch(tmp_path, make_tiny):
     assert not predictions_path(run_dir, "test", "uni5").exists()  # the old run's predictions are gone
 
 
-def test_another_dataset_version_trains_from_scratch(tmp_path, make_tiny):
-    """Same shape (same window count) but other data: the old checkpoint must not be continued."""
+def test_another_dataset_version_trains_into_its_own_folder(tmp_path, make_tiny):
+    """Same shape (same window count) but other data: neither the old checkpoint is continued nor the old run lost."""
     path = _config(tmp_path)
-    run_dir = ensure_graph_run(path, make_tiny(seed=0))
-    new_data = make_tiny(seed=1)
-    assert ensure_graph_run(path, new_data) == run_dir
-    metrics = _metrics(run_dir)
+    old_data, new_data = make_tiny(seed=0), make_tiny(seed=1)
+    run_dir = ensure_graph_run(path, old_data)
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+    new_dir = ensure_graph_run(path, new_data)
+    assert new_dir == run_dir.with_name(f"{run_dir.name}-tiny-1")
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp  # the other version's run is kept as it was
+    metrics = _metrics(new_dir)
     assert metrics["dataset_fingerprint"] == "tiny-1" and metrics["epochs_trained"] == 2
     (tmp_path / "ref").mkdir()
     reference = _config(tmp_path / "ref")  # a run on the new data alone, in its own folder
-    ref_dir = ensure_graph_run(reference, new_data)
     assert torch.equal(ensure_graph_table(path, new_data).item, ensure_graph_table(reference, new_data).item)
-    assert ref_dir != run_dir
+    new_stamp = (new_dir / "metrics.json").stat().st_mtime_ns
+    assert ensure_graph_run(path, old_data) == run_dir and ensure_graph_run(path, new_data) == new_dir
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp  # both reused, neither trained again
+    assert (new_dir / "metrics.json").stat().st_mtime_ns == new_stamp
 
 
 def test_an_unfinished_run_continues_from_its_checkpoint(tmp_path, make_tiny, caplog):
