@@ -198,7 +198,7 @@ class TMFCollator:
         texts, slots, position = [], [], 0
         for seg in segments:
             if isinstance(seg, Slot):
-                slots.append((position, _ITEM if seg.kind == "item" else _BEHAVIOR))
+                slots.append((position, _slot_kind(seg)))
             elif seg:
                 texts.append(seg)
                 position += len(seg)
@@ -219,7 +219,7 @@ class TMFCollator:
         for seg in segments:
             if isinstance(seg, Slot):
                 ids.append(self.placeholder_id)
-                kinds.append(_ITEM if seg.kind == "item" else _BEHAVIOR)
+                kinds.append(_slot_kind(seg))
             elif seg:
                 piece = self._tokenize(seg, at_start)
                 at_start = False
@@ -312,6 +312,10 @@ class TMFCollator:
         if self.with_answer:
             out["labels"] = labels
         return out
+
+
+def _slot_kind(slot: Slot) -> int:
+    return _ITEM if slot.kind == "item" else _BEHAVIOR
 
 
 def _pad_rows(rows: list[list[int]]) -> torch.Tensor:

@@ -69,9 +69,8 @@ def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset,
     So the pipeline's MBHT baseline and the recipe's MBHT graph stage are one run, and a second
     pipeline run trains no baseline again.
     """
-    from graph_encoders.cli import FitGraphConfig, fit_graph
+    from graph_encoders.cli import FitGraphConfig
     from graph_encoders.predictions import predictions_path
-    from graph_encoders.trainer import StaleCheckpointError
 
     cfg = load_config(FitGraphConfig, graph_config)
     run_dir = Path(cfg.output_dir.format(model=cfg.model_name, dataset=dataset.name))
@@ -82,29 +81,33 @@ def ensure_graph_run(graph_config: str | Path, dataset: SequenceDataset,
                  run_dir, dataset.name, versioned)
         run_dir, cfg = versioned, replace(cfg, output_dir=str(versioned))
         state = _graph_run_state(run_dir, cfg, dataset)
-    missing = [(split, protocol) for split, protocol in predictions
-               if not predictions_path(run_dir, split, protocol).is_file()]
     if state == "reuse":
         log.info("stage graph: reusing the %s run in %s", cfg.model_name, run_dir)
-        if missing:
-            _write_missing_predictions(run_dir, dataset, missing)
-        return run_dir
-    log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name, dataset.name, run_dir)
-    trained = False
-    if state == "resume":  # an unfinished run of this config: continue it (unless its checkpoint is of other data)
-        try:
-            fit_graph(cfg, dataset=dataset)
-            trained = True
-        except StaleCheckpointError as err:
-            log.info("stage graph: %s; training from scratch", err)
-    if not trained:
-        _clear_run_outputs(run_dir)
-        fit_graph(cfg, dataset=dataset, resume=False)
+    else:
+        log.info("stage graph: training %s on %s into %s (first use; reused afterwards)", cfg.model_name,
+                 dataset.name, run_dir)
+        _train_graph_run(cfg, dataset, run_dir, resume=state == "resume")
+    # asked for, but not written by the run (its config's write_predictions, or other protocols)
     missing = [(split, protocol) for split, protocol in predictions
                if not predictions_path(run_dir, split, protocol).is_file()]
-    if missing:  # asked for, but the config does not write them while training (write_predictions: false)
+    if missing:
         _write_missing_predictions(run_dir, dataset, missing)
     return run_dir
+
+
+def _train_graph_run(cfg: Any, dataset: SequenceDataset, run_dir: Path, resume: bool) -> None:
+    """Continue an unfinished run of this config (``resume``) or start over in a cleared folder."""
+    from graph_encoders.cli import fit_graph
+    from graph_encoders.trainer import StaleCheckpointError
+
+    if resume:
+        try:
+            fit_graph(cfg, dataset=dataset)
+            return
+        except StaleCheckpointError as err:  # its checkpoint is of other data
+            log.info("stage graph: %s; training from scratch", err)
+    _clear_run_outputs(run_dir)
+    fit_graph(cfg, dataset=dataset, resume=False)
 
 
 def _clear_run_outputs(run_dir: Path) -> None:
@@ -114,14 +117,14 @@ def _clear_run_outputs(run_dir: Path) -> None:
     stale = [run_dir / n for n in ("metrics.json", "embeddings.safetensors", "embeddings.json")]
     stale += sorted(run_dir.glob("predictions-*.jsonl"))
     stale += [run_dir / CHECKPOINT_DIR, run_dir / (CHECKPOINT_DIR + ".old")]
-    removed = [path.name for path in stale if path.exists()]
-    for path in stale:
+    removed = [path for path in stale if path.exists()]
+    for path in removed:
         if path.is_dir():
             shutil.rmtree(path)
-        elif path.exists():
+        else:
             path.unlink()
     if removed:
-        log.info("stage graph: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
+        log.info("stage graph: removed the earlier run's %s from %s", ", ".join(p.name for p in removed), run_dir)
 
 
 def _write_missing_predictions(run_dir: Path, dataset: SequenceDataset, wanted: list[tuple[str, str]]) -> None:
