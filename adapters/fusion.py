@@ -35,8 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec.config import ConfigError
-
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "text", "graph")  # order of modality_mask's last axis
@@ -61,15 +59,15 @@ class FusionConfig:
 
     def validate(self) -> None:
         if self.n_heads < 1:
-            raise ConfigError(f"fusion.n_heads must be >= 1, got {self.n_heads}")
+            raise ValueError(f"fusion.n_heads must be >= 1, got {self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"fusion.dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"fusion.dropout must be in [0, 1), got {self.dropout}")
         for name in ("fused_dim", "amsa_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"fusion.{name} must be a positive integer or null, got {value}")
+                raise ValueError(f"fusion.{name} must be a positive integer or null, got {value}")
         if not self.qkv_projections and self.amsa_dim is not None:
-            raise ConfigError("fusion.amsa_dim needs qkv_projections=true (without projections AMSA runs at width d)")
+            raise ValueError("fusion.amsa_dim needs qkv_projections=true (without projections AMSA runs at width d)")
 
     def __post_init__(self) -> None:
         self.validate()

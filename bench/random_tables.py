@@ -9,8 +9,8 @@ def random_tables(n_items: int, n_behaviors: int, with_image: bool = True):
     """Text, image (unless ``with_image`` is false: ML-100k has none) and graph tables with behaviors."""
     import torch
 
-    from llmrec.model import ModalityTables
     from llmrec.tables import EmbeddingTable
+    from llmrec.tmf.model import ModalityTables
 
     gen = torch.Generator().manual_seed(0)
     ones = torch.ones(n_items, dtype=torch.bool)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from random_tables import random_tables  # bench/ is on sys.path when a script there runs
 
+from llmrec.data.candidates import load_candidates
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 
@@ -38,11 +40,11 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from llmrec.collator import TMFCollator
     from llmrec.data import load_data_config, prepare
     from llmrec.generation.ranking import RANKING_METHODS, candidate_log_likelihoods
-    from llmrec.model import ModelConfig, TMFModel
-    from llmrec.prompts import PromptConfig, PromptRenderer, render_sample
+    from llmrec.tmf.collator import TMFCollator
+    from llmrec.tmf.model import ModelConfig, TMFModel
+    from llmrec.tmf.prompts.render import PromptConfig, PromptRenderer, render_sample
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -53,7 +55,7 @@ def main() -> int:
             if "lora_B" in name:
                 param.normal_(0.0, 0.02)
     renderer = PromptRenderer(PromptConfig(sample_paraphrases=False), dataset)
-    candidates = dataset.candidates("test", size=10)
+    candidates = load_candidates(dataset, "test", size=10)
     prompts = [render_sample(renderer, dataset, "test", r, candidates, "hard") for r in range(args.users + 1)]
     collator = TMFCollator(model.tokenizer, renderer, 512, padding_side="right", with_answer=True)
     prompt_tokens = [len(collator.encode(p).input_ids) for p in prompts[1:]]

@@ -2,7 +2,7 @@
 
 Runs, each in its own process (so peak RSS is per configuration):
 
-* ``ours``: :class:`llmrec.training.Trainer` steps (render + collate + forward + backward + AdamW) on
+* ``ours``: :class:`llmrec.train.loop.Trainer` steps (render + collate + forward + backward + AdamW) on
   the easy task and the hard task, with length-grouped batches and logits only at label positions;
 * ``plain``: what a practitioner writes: the same easy-task (text-only) token ids and labels of
   exactly the rows our easy run trained (it writes them), each step's rows in random order without
@@ -38,6 +38,8 @@ from pathlib import Path
 
 from random_tables import random_tables  # bench/ is on sys.path when a script there runs
 
+from llmrec.data.candidates import load_candidates
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 logger = logging.getLogger("bench.train_throughput")
@@ -59,7 +61,7 @@ def tables(dataset):
 
 
 def train_config(args, task: str, precision: str):
-    from llmrec.training import load_train_config
+    from llmrec.train.loop import load_train_config
 
     size = 10  # the recipes' frozen uniform-10 candidate sets (configs/tmf_smollm2_*.yaml)
     return load_train_config(None, [
@@ -70,7 +72,7 @@ def train_config(args, task: str, precision: str):
 
 
 def run_ours(args) -> dict:
-    from llmrec.training import Trainer
+    from llmrec.train.loop import Trainer
 
     dataset = build_dataset(args)
     trainer = Trainer(train_config(args, args.task, args.precision), dataset, tables(dataset))
@@ -91,10 +93,10 @@ def run_plain(args) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from llmrec.collator import TMFCollator
-    from llmrec.lm_loading import load_lm
-    from llmrec.model import LoRASettings, ModelConfig
-    from llmrec.prompts import PromptRenderer
+    from llmrec.tmf.collator import TMFCollator
+    from llmrec.tmf.lm import load_lm
+    from llmrec.tmf.model import LoRASettings, ModelConfig
+    from llmrec.tmf.prompts.render import PromptRenderer
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -108,7 +110,7 @@ def run_plain(args) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     renderer = PromptRenderer(cfg.prompts, dataset)
     collator = TMFCollator(tokenizer, renderer, cfg.max_length)
-    cands = dataset.candidates("train", size=cfg.train_candidates.size)
+    cands = load_candidates(dataset, "train", size=cfg.train_candidates.size)
     train = dataset.samples["train"]
     # the samples our loop trained, step by step, each step's rows in random order (no length grouping)
     steps = json.loads(Path(args.rows_file).read_text())
@@ -148,7 +150,7 @@ def build_trainers(args, tasks) -> dict:
     """Our Trainer per task (2 threads, same dataset, seed and rows; random tables of the real widths)."""
     import torch
 
-    from llmrec.training import Trainer
+    from llmrec.train.loop import Trainer
 
     torch.set_num_threads(2)
     dataset = build_dataset(args)
@@ -320,9 +322,9 @@ def main() -> None:
 
     import numpy as np
 
-    from llmrec.training import resolve_precision
+    from llmrec.devices import resolve_precision
 
-    default_precision = "bf16" if resolve_precision("auto") == "bf16" else "fp32"
+    default_precision = resolve_precision("auto", "cpu")
     # ours/easy first: it writes the rows it trained, which the plain loop then trains too
     runs = [(loop, task, precision) for precision in ("fp32", "bf16")
             for loop, task in (("ours", "easy"), ("plain", "easy"), ("ours", "hard"))]

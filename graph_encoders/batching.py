@@ -20,8 +20,7 @@ are all built from that view; evaluation rows and their candidate sets are uncha
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
 from safetensors.torch import load_file
 
 from graph_encoders.base import DatasetSpec, SequentialRecommender, build_model, model_config
@@ -34,10 +33,11 @@ from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import EvalConfig, evaluate_split
 from graph_encoders.export import export_embeddings
 from graph_encoders.predictions import predictions_path, records_of, written_protocols
-from graph_encoders.trainer import CHECKPOINT_DIR, Trainer, TrainConfig, seed_everything
-from llmrec.atomic import write_json, write_jsonl
+from graph_encoders.trainer import CHECKPOINT_DIR, TrainConfig, Trainer, seed_everything
 from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_or_exit, setup_logging
 from llmrec.config import ConfigError, load_config, save_config, to_dict
+from llmrec.data import load_data_config, prepare
+from llmrec.io import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     """
     started = time.perf_counter()
     if dataset is None:
-        from llmrec.data import load_data_config, prepare
-
         dataset = prepare(load_data_config(config.data, config.data_overrides))
     run_dir = Path(config.output_dir.format(model=config.model_name, dataset=dataset.name))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,8 +147,6 @@ def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecomm
     run_dir = Path(run_dir)
     config = load_config(FitGraphConfig, run_dir / "config.yaml")
     if dataset is None:
-        from llmrec.data import load_data_config, prepare
-
         dataset = prepare(load_data_config(config.data, config.data_overrides))
     checkpoint = run_dir / CHECKPOINT_DIR
     weights = next((checkpoint / f for f in ("best_model.safetensors", "model.safetensors") if (checkpoint / f).is_file()), None)

@@ -1,7 +1,7 @@
 """One evaluator for every model: frozen candidate sets and full ranking.
 
 Rows are ``dataset.samples[split]``; each protocol scores the frozen candidate matrix
-``dataset.candidates(split, sampler, size, seed)`` (the same sets the LLM is scored on)
+``load_candidates(dataset, split, sampler, size, seed)`` (the same sets the LLM is scored on)
 and full ranking scores every item, excluding items the user interacted with before the
 target (except the target itself, which may recur, e.g. Taobao's pv then buy).
 Metric keys are ``"<protocol name>/<metric>@<k>"``, e.g. ``"pop100/NDCG@10"``,
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from llmrec.config import ConfigError
+from llmrec.data.candidates import load_candidates
+from llmrec.data.types import CandidateSet
 from llmrec.metrics import candidate_ranking_metrics, full_ranking_metrics
-
-if TYPE_CHECKING:
-    from llmrec.data.types import CandidateSet
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ def evaluate_split(
     n = len(users)
     candidate_sets = {}
     for proto in config.protocols:
-        cands = dataset.candidates(split, sampler=proto.sampler, size=proto.size, seed=proto.seed)
+        cands = load_candidates(dataset, split, sampler=proto.sampler, size=proto.size, seed=proto.seed)
         if cands.items.shape != (n, proto.size):
             raise ValueError(
                 f"candidates {split}/{proto.sampler}/{proto.size}/seed {proto.seed}: shape {cands.items.shape}, "

@@ -1,7 +1,7 @@
 """Per-row predictions of a sequential recommender, in the format ``llmrec infer`` writes.
 
 One JSON object per row of ``dataset.samples[split]``, with the fields of a rank-mode
-line of :func:`llmrec.inference.prediction_records` (docs/inference.md): ``user`` (raw
+line of :func:`llmrec.eval.infer.prediction_records` (docs/inference.md): ``user`` (raw
 id), ``split``, ``row``, ``candidates`` (``[{"item_id", "title"}]`` in the frozen set's
 column order), ``target_index``, ``target``, ``scores`` (one per candidate),
 ``ranked_index`` (their arg-max), plus ``model`` (the recommender's registered name).
@@ -20,16 +20,14 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import CandidateProtocol, EvalConfig, SplitEvaluation, evaluate_split
-
-if TYPE_CHECKING:
-    from llmrec.data.types import CandidateSet
+from llmrec.data.types import CandidateSet
 
 MAX_PREDICTION_CANDIDATES = 20  # fit-graph writes files only for protocols this small (pop100 would be large)
 

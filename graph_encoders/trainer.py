@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from graph_encoders.base import SequentialRecommender
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import EvalConfig, evaluate
 from llmrec.config import ConfigError
+from llmrec.io import commit_folder
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
@@ -199,7 +199,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         final = self.checkpoint_path
-        tmp, old = final.with_name(CHECKPOINT_DIR + ".tmp"), final.with_name(CHECKPOINT_DIR + ".old")
+        tmp = final.with_name(CHECKPOINT_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(_contiguous(self.model.state_dict()), str(tmp / "model.safetensors"))
@@ -211,12 +211,7 @@ class Trainer:
         state = {**self.state.__dict__, "param_groups": param_groups, "windows": len(self.windows.rows),
                  "dataset_fingerprint": self._fingerprint()}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return commit_folder(tmp, final)
 
     def _fingerprint(self) -> str | None:
         return getattr(self.batcher.dataset, "fingerprint", None)

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import yaml
+
 from llmrec.config import ConfigError, to_dict
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -52,8 +54,6 @@ def load_or_exit(parser: argparse.ArgumentParser, load: Callable[[str | None, Se
 
 def print_config(cfg: Any) -> int:
     """Print the resolved config as YAML (``--print-config``); returns exit status 0."""
-    import yaml
-
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 

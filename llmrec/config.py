@@ -124,13 +124,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if missing:
         where = f" in '{prefix}'" if prefix else ""
         raise ConfigError(f"missing required config key(s){where}: {missing}")
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
+    try:  # ConfigError, or the ValueError of a config class that imports nothing of ours (adapters/)
+        obj = cls(**kwargs)  # a __post_init__ may validate
+        validate = getattr(obj, "validate", None)
+        if callable(validate):
             validate()
-        except ConfigError as err:
-            raise ConfigError(f"{prefix + ': ' if prefix else ''}{err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{prefix + ': ' if prefix else ''}{err}") from None
     return obj
 
 

@@ -249,5 +249,4 @@ def generative_metrics(generations: Sequence[str], candidates: Sequence[Sequence
         n_correct += parsed is not None and parsed == int(target)
     total = len(generations)
     return {"HitRate@1": n_correct / total, "HitRate@1_valid": n_correct / n_valid if n_valid else 0.0,
-            "ValidRatio": n_valid / total, "n_total": float(total), "n_valid": float(n_valid),
-            "n_correct": float(n_correct)}
+            "ValidRatio": n_valid / total, "n_total": total, "n_valid": n_valid, "n_correct": n_correct}

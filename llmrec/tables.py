@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmrec.atomic import atomic_write
+from llmrec.io import atomic_write
 
 
 @dataclass

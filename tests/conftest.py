@@ -11,10 +11,10 @@ import pytest
 
 
 def _register_tmf_testkit() -> None:
-    """Make tests/model/tmf_testkit.py importable as ``tmf_testkit`` (the suite runs with
+    """Make tests/tmf/tmf_testkit.py importable as ``tmf_testkit`` (the suite runs with
     --import-mode=importlib, so test folders cannot import each other's modules by path)."""
     if "tmf_testkit" not in sys.modules:
-        path = Path(__file__).resolve().parent / "model" / "tmf_testkit.py"
+        path = Path(__file__).resolve().parent / "tmf" / "tmf_testkit.py"
         spec = importlib.util.spec_from_file_location("tmf_testkit", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules["tmf_testkit"] = module

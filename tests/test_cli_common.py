@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.cli import main as llmrec_main
 from llmrec.cli_common import EXIT_FAILED, fail
+from llmrec.pipeline.cli import main as llmrec_main
 
 REPO = Path(__file__).resolve().parents[1]
 

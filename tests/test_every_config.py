@@ -33,19 +33,19 @@ def _load_graph(path):
 
 
 def _load_infer(path):
-    from llmrec.inference import load_infer_config
+    from llmrec.eval.infer import load_infer_config
 
     return load_infer_config(path)
 
 
 def _load_recipe(path):
-    from llmrec.training import load_train_config
+    from llmrec.train.config import load_train_config
 
     return load_train_config(path)
 
 
 def _load_pipeline(path):
-    from llmrec.pipeline import PipelineConfig
+    from llmrec.pipeline.run import PipelineConfig
 
     return load_config(PipelineConfig, path)
 
@@ -77,7 +77,7 @@ def test_config_loads_and_has_a_run_comment(path, monkeypatch):
 
 def test_paths_named_inside_configs_exist(monkeypatch):
     monkeypatch.chdir(ROOT)
-    from llmrec.pipeline import PipelineConfig
+    from llmrec.pipeline.run import PipelineConfig
 
     pipeline = load_config(PipelineConfig, CONFIGS / "quickstart.yaml")
     named = [pipeline.recipe, *pipeline.baselines]

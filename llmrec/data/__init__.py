@@ -2,12 +2,12 @@
 
 Typical use::
 
-    from llmrec.data import load_data_config, prepare
+    from llmrec.data import load_candidates, load_data_config, prepare
 
     cfg = load_data_config("configs/data/ml100k.yaml", ["max_history=20"])
     dataset = prepare(cfg)                 # cached under cfg.cache_dir
     test = dataset.samples["test"]         # HF datasets.Dataset, SAMPLE_COLUMNS
-    cands = dataset.candidates("test", sampler="uniform", size=20, seed=0)
+    cands = load_candidates(dataset, "test", sampler="uniform", size=20, seed=0)
 
 See docs/data.md for the rules (tie-break, filters, splits, candidates, cache).
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from llmrec.config import load_config
+from llmrec.data.candidates import load_candidates
 from llmrec.data.config import CandidateSpec, DataConfig, InteractionColumns, ItemColumns
 from llmrec.data.errors import DataError
 from llmrec.data.preparation import prepare
@@ -31,5 +32,6 @@ def load_data_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
 
 __all__ = [
     "CandidateSet", "CandidateSpec", "DataConfig", "DataError", "InteractionColumns", "ItemColumns",
-    "SAMPLE_COLUMNS", "SPLITS", "SequenceDataset", "UserSequence", "load_data_config", "prepare",
+    "SAMPLE_COLUMNS", "SPLITS", "SequenceDataset", "UserSequence", "load_candidates", "load_data_config",
+    "prepare",
 ]

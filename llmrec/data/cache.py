@@ -22,20 +22,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from datasets.table import InMemoryTable
 
 from llmrec.config import save_config, to_dict
 from llmrec.data.config import DataConfig
 from llmrec.data.splits import FlatSequences
 from llmrec.data.types import SPLITS, SequenceDataset
+from llmrec.io import commit_folder, temp_folder_beside
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +64,6 @@ def fingerprint(cfg: DataConfig, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Give a ``tempfile``-made file or folder (mode 0600/0700) the usual permissions, then rename it."""
-    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
-    if tmp.is_dir():
-        tmp.rename(final)  # fails if ``final`` exists: the caller decides
-    else:
-        os.replace(tmp, final)
-
-
 def dataset_root(cache_dir: Path, name: str, fp: str) -> Path:
     return Path(cache_dir) / f"{name}-{fp[:16]}"
 
@@ -96,11 +82,7 @@ def save_prepared(
     stats: dict[str, Any],
 ) -> None:
     """Write everything into a temporary sibling folder, then rename it to ``root``."""
-    import datasets
-    from datasets.table import InMemoryTable
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    tmp = temp_folder_beside(root)
     try:
         bars_were_on = not datasets.utils.are_progress_bars_disabled()
         datasets.utils.disable_progress_bars()  # three tiny bars per save; our own log line says it
@@ -119,14 +101,10 @@ def save_prepared(
         (tmp / "index.json").write_text(json.dumps(index), encoding="utf-8")
         save_config(cfg, tmp / "config.yaml")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
-        try:
-            publish(tmp, root)
-        except OSError:
-            if not is_complete(root):  # a concurrent run left something else: keep ours
-                shutil.rmtree(root, ignore_errors=True)
-                publish(tmp, root)
-            else:
-                log.info("another run already wrote %s; keeping it", root)
+        if is_complete(root):  # a concurrent run finished first: keep its folder
+            log.info("another run already wrote %s; keeping it", root)
+        else:  # absent, or something incomplete left by another run: ours replaces it
+            commit_folder(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -134,8 +112,6 @@ def save_prepared(
 
 def load_prepared(root: Path) -> SequenceDataset:
     """Read a prepared dataset folder back (samples are memory-mapped Arrow)."""
-    import datasets
-
     index = json.loads((root / "index.json").read_text(encoding="utf-8"))
     stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
     with np.load(root / "sequences.npz") as arrays:

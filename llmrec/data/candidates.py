@@ -24,22 +24,16 @@ inputs give the same bytes.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from llmrec.data.cache import publish
 from llmrec.data.errors import DataError
-from llmrec.data.types import SPLITS, CandidateSet
-
-if TYPE_CHECKING:
-    from llmrec.data.types import SequenceDataset
+from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE, SPLITS, CandidateSet, SequenceDataset
+from llmrec.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +51,11 @@ def candidate_rng(split: str, sampler: str, size: int, seed: int) -> np.random.G
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), zlib.crc32(sampler.encode()), size]))
 
 
-def _column(dataset: "SequenceDataset", split: str, name: str) -> np.ndarray:
+def _column(dataset: SequenceDataset, split: str, name: str) -> np.ndarray:
     return np.asarray(dataset.samples[split].data.column(name).to_numpy(), dtype=np.int64)
 
 
-def interacted_keys(dataset: "SequenceDataset") -> np.ndarray:
+def interacted_keys(dataset: SequenceDataset) -> np.ndarray:
     """Sorted unique ``user * n_items + item`` over every user's whole sequence."""
     parts = [seq.user * dataset.n_items + np.asarray(seq.items, dtype=np.int64) for seq in dataset.sequences]
     if not parts:
@@ -70,7 +64,7 @@ def interacted_keys(dataset: "SequenceDataset") -> np.ndarray:
     return keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
 
 
-def item_popularity(dataset: "SequenceDataset") -> np.ndarray:
+def item_popularity(dataset: SequenceDataset) -> np.ndarray:
     """Interactions (any behavior) per item in the filtered sequences."""
     items = np.concatenate([np.asarray(s.items, dtype=np.int64) for s in dataset.sequences])
     return np.bincount(items, minlength=dataset.n_items).astype(np.float64)
@@ -126,7 +120,7 @@ def _sample_negatives(
     return chosen
 
 
-def sample_candidates(dataset: "SequenceDataset", split: str, sampler: str, size: int, seed: int) -> CandidateSet:
+def sample_candidates(dataset: SequenceDataset, split: str, sampler: str, size: int, seed: int) -> CandidateSet:
     """Sample the candidate matrix of ``split`` (see the module docstring); nothing is saved."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
@@ -169,16 +163,11 @@ def save_candidates(candidates: CandidateSet, path: Path, fingerprint: str) -> N
     meta = {"split": candidates.split, "sampler": candidates.sampler, "size": str(candidates.size),
             "seed": str(candidates.seed), "dataset_fingerprint": fingerprint}
     table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        publish(Path(tmp), path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write)
 
 
 def read_candidates(path: Path, split: str, sampler: str, size: int, seed: int, n_rows: int) -> CandidateSet:
@@ -192,9 +181,8 @@ def read_candidates(path: Path, split: str, sampler: str, size: int, seed: int, 
     return CandidateSet(split, sampler, size, seed, items.astype(np.int64), target_index.astype(np.int64), path)
 
 
-def load_or_sample_candidates(
-    dataset: "SequenceDataset", split: str, sampler: str = "uniform", size: int = 10, seed: int = 0
-) -> CandidateSet:
+def load_candidates(dataset: SequenceDataset, split: str, sampler: str = "uniform",
+                    size: int = DEFAULT_CANDIDATE_SET_SIZE, seed: int = 0) -> CandidateSet:
     """The frozen set for (split, sampler, size, seed): read from disk, or sample and save it."""
     n_rows = len(dataset.samples[split]) if split in dataset.samples else 0
     path = candidate_path(dataset.root, split, sampler, size, seed) if dataset.root is not None else None

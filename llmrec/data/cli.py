@@ -11,6 +11,8 @@ from pathlib import Path
 
 from llmrec.cli_common import EXIT_BAD_INPUT, fail, setup_logging
 from llmrec.config import ConfigError
+from llmrec.data import DataError, load_data_config, prepare
+from llmrec.data.stats import format_stats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,8 +29,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
-    from llmrec.data import DataError, load_data_config, prepare
-    from llmrec.data.stats import format_stats
 
     try:
         dataset = prepare(load_data_config(args.config, args.overrides))

@@ -28,13 +28,7 @@ from llmrec.config import to_dict
 from llmrec.data.config import GENERIC_SOURCES, DataConfig, expand_env
 from llmrec.data.errors import DataError
 from llmrec.data.readers import format_of, read_table, read_text_table, require_columns
-from llmrec.data.schema import (
-    behavior_codes,
-    build_catalog,
-    build_interactions,
-    parse_timestamps,
-    rating_codes,
-)
+from llmrec.data.schema import behavior_codes, build_catalog, build_interactions, parse_timestamps, rating_codes
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from llmrec.config import ConfigError, to_dict
 from llmrec.data.cache import dataset_root, fingerprint, is_complete, load_prepared, save_prepared
+from llmrec.data.candidates import load_candidates
 from llmrec.data.config import DataConfig, expand_env
 from llmrec.data.errors import DataError
 from llmrec.data.filters import eligibility_filter
@@ -59,7 +60,7 @@ def prepare(cfg: DataConfig) -> SequenceDataset:
         log.info("%s: prepared in %.2f s", cfg.name, time.perf_counter() - start)
     for spec in cfg.candidates:
         for split in spec.splits:
-            dataset.candidates(split, sampler=spec.sampler, size=spec.size, seed=spec.seed)
+            load_candidates(dataset, split, sampler=spec.sampler, size=spec.size, seed=spec.seed)
     return dataset
 
 

@@ -77,15 +77,8 @@ def behavior_codes(
     """Raw behavior strings to indices into ``behaviors`` (after ``behavior_map``)."""
     lookup = {name: i for i, name in enumerate(behaviors)}
     lookup.update({raw: behaviors.index(name) for raw, name in behavior_map.items()})
-    codes = values.str.strip().map(lookup)
-    bad = codes.isna().to_numpy()
-    if bad.any():
-        row = _first_bad(bad)
-        raise DataError(
-            f"{where(path, row, header_lines)}: unknown behavior {values.iloc[row]!r} ({int(bad.sum())} rows); "
-            f"allowed values: {sorted(lookup)} (set `behaviors:` or `behavior_map:` in the data config)"
-        )
-    return codes.to_numpy(np.int8)
+    return _mapped_codes(values, values.str.strip().map(lookup), path, header_lines, "unknown behavior {value}",
+                         f"allowed values: {sorted(lookup)} (set `behaviors:` or `behavior_map:` in the data config)")
 
 
 def rating_codes(
@@ -98,14 +91,18 @@ def rating_codes(
     """Integer ratings to behavior indices through ``rating_behaviors``."""
     numbers = pd.to_numeric(values, errors="coerce")
     lookup = {int(r): behaviors.index(name) for r, name in rating_behaviors.items()}
-    codes = numbers.map(lookup)
+    return _mapped_codes(values, numbers.map(lookup), path, header_lines, "rating {value} has no behavior",
+                         f"allowed ratings: {sorted(lookup)} (config key `rating_behaviors`)")
+
+
+def _mapped_codes(values: pd.Series, codes: pd.Series, path: Path, header_lines: int | None, problem: str,
+                  allowed: str) -> np.ndarray:
+    """``codes`` as int8, or a DataError naming the first unmapped row of ``values`` and how many there are."""
     bad = codes.isna().to_numpy()
     if bad.any():
         row = _first_bad(bad)
-        raise DataError(
-            f"{where(path, row, header_lines)}: rating {values.iloc[row]!r} has no behavior ({int(bad.sum())} rows); "
-            f"allowed ratings: {sorted(lookup)} (config key `rating_behaviors`)"
-        )
+        raise DataError(f"{where(path, row, header_lines)}: {problem.format(value=repr(values.iloc[row]))} "
+                        f"({int(bad.sum())} rows); {allowed}")
     return codes.to_numpy(np.int8)
 
 

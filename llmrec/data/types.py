@@ -14,8 +14,9 @@ Per user, ``UserSequence`` holds the whole chronological (filtered) sequence;
 
 ``samples[split]`` are the prompt-ready rows (HF ``datasets.Dataset``) with the
 columns of :data:`SAMPLE_COLUMNS`; history is truncated to the newest
-``max_history`` interactions. ``candidates(split, ...)`` returns the frozen
-candidate matrix aligned row-by-row with ``samples[split]``.
+``max_history`` interactions. ``llmrec.data.candidates.load_candidates(dataset, split, ...)``
+returns the frozen candidate matrix aligned row-by-row with ``samples[split]``.
+This module is pure data: it imports nothing of the project and touches no disk.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ import numpy as np
 #   position         int        index of the target in the user's full sequence
 SAMPLE_COLUMNS = ("user", "history_items", "history_behaviors", "target", "target_behavior", "position")
 SPLITS = ("train", "valid", "test")
+# Candidates per prediction: the target + 9 negatives. Every recorded result in this repository uses 10;
+# TMF §5.1 reads as 11 ("target + 10 randomly selected"), available as ``size: 11`` (docs/data.md).
+DEFAULT_CANDIDATE_SET_SIZE = 10
 
 
 @dataclass
@@ -100,9 +104,3 @@ class SequenceDataset:
 
     def item_titles(self) -> list[str]:
         return [str(t) for t in self.catalog["title"].tolist()]
-
-    def candidates(self, split: str, sampler: str = "uniform", size: int = 10, seed: int = 0) -> CandidateSet:
-        """The frozen candidates of ``split``; sampled once and saved on first use."""
-        from llmrec.data.candidates import load_or_sample_candidates
-
-        return load_or_sample_candidates(self, split, sampler=sampler, size=size, seed=seed)

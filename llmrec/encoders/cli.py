@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llmrec.cli_common import EXIT_BAD_INPUT, fail, setup_logging
 from llmrec.config import ConfigError, from_dict, load_config, read_yaml
+from llmrec.data import DataConfig, load_data_config, prepare
 from llmrec.encoders.config import EncodeConfig
 from llmrec.encoders.factory import build_encoders
 from llmrec.encoders.neighbors import find_item, nearest_neighbors
@@ -77,8 +78,6 @@ def load_encode_cli_config(path: Path, overrides: list[str]) -> tuple[EncodeConf
 
 def prepare_dataset(cfg: EncodeConfig, config_path: Path, data_overrides: list[str]):
     """``llmrec.data.prepare`` on the config's data section (a path or an inline mapping)."""
-    from llmrec.data import DataConfig, load_data_config, prepare
-
     if cfg.data is None:
         raise ConfigError(f"{config_path}: 'data' is required (a data config path or an inline data section)")
     if isinstance(cfg.data, str):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from llmrec.encoders.base import ItemEncoder
 from llmrec.encoders.config import CLIP_KINDS, EncodeConfig
+from llmrec.encoders.handcrafted import HandcraftedImageFeatures
+from llmrec.encoders.hf_clip import HFClipEncoder
+from llmrec.encoders.open_clip_encoder import OpenClipEncoder
+from llmrec.encoders.sentence_transformer import SentenceTransformerTextEncoder
 
 
 def build_encoders(cfg: EncodeConfig) -> dict[str, ItemEncoder]:
@@ -26,13 +30,9 @@ def build_encoders(cfg: EncodeConfig) -> dict[str, ItemEncoder]:
                 raise ValueError("text.normalize and image.normalize must agree when both use the same CLIP model")
             encoders[modality] = clip
         elif kind == "sentence_transformer":
-            from llmrec.encoders.sentence_transformer import SentenceTransformerTextEncoder
-
             encoders[modality] = SentenceTransformerTextEncoder(
                 cfg.text.model, device=cfg.device, normalize=normalize, max_length=cfg.text.max_length)
         elif kind == "handcrafted":
-            from llmrec.encoders.handcrafted import HandcraftedImageFeatures
-
             hc = cfg.image.handcrafted
             encoders[modality] = HandcraftedImageFeatures(size=hc.size, color_bins=hc.color_bins,
                                                           color_weight=hc.color_weight, normalize=normalize)
@@ -44,11 +44,8 @@ def build_encoders(cfg: EncodeConfig) -> dict[str, ItemEncoder]:
 def _build_clip(cfg: EncodeConfig, kind: str, normalize: bool) -> ItemEncoder:
     c = cfg.clip
     if kind == "open_clip":
-        from llmrec.encoders.open_clip_encoder import OpenClipEncoder
-
         return OpenClipEncoder(c.model, pretrained=c.pretrained, allow_random_init=c.allow_random_init, seed=c.seed,
                                device=cfg.device, normalize=normalize, weights_cache_dir=c.weights_cache_dir)
-    from llmrec.encoders.hf_clip import HFClipEncoder
 
     if c.pretrained is not None:
         raise ValueError("clip.pretrained is an open_clip setting; for hf_clip put the folder or hub name in clip.model")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from llmrec.encoders.base import ItemEncoder, l2_normalize, resolve_device
 from llmrec.encoders.weights import (WeightsNotFoundError, folder_fingerprint, has_weight_files, resolve_model_folder,
@@ -81,8 +82,6 @@ class HFClipEncoder(ItemEncoder):
 
     def _load(self):
         if self._model is None:
-            from transformers import CLIPConfig, CLIPModel
-
             logger.info("loading transformers CLIPModel from %s on %s", self.folder, self.device)
             if self._random:
                 with torch.random.fork_rng(devices=[]):
@@ -97,13 +96,9 @@ class HFClipEncoder(ItemEncoder):
         try:
             if kind == "text":
                 if self._tokenizer is None:
-                    from transformers import AutoTokenizer
-
                     self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
                 return self._tokenizer
             if self._image_processor is None:
-                from transformers import CLIPImageProcessor
-
                 self._image_processor = CLIPImageProcessor.from_pretrained(self.folder, local_files_only=True)
             return self._image_processor
         except (OSError, ValueError) as err:

@@ -27,14 +27,8 @@ import torch
 from PIL import Image
 
 from llmrec.encoders.base import ItemEncoder, l2_normalize, resolve_device
-from llmrec.encoders.weights import (
-    WeightsNotFoundError,
-    file_sha256,
-    folder_fingerprint,
-    has_weight_files,
-    resolve_model_folder,
-    warn_random_init,
-)
+from llmrec.encoders.weights import (WeightsNotFoundError, file_sha256, folder_fingerprint, has_weight_files,
+                                     resolve_model_folder, warn_random_init)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +51,7 @@ class OpenClipEncoder(ItemEncoder):
                  seed: int = 0, device: str = "cpu", normalize: bool = True,
                  weights_cache_dir: str | None = None) -> None:
         super().__init__()
-        import open_clip
+        import open_clip  # optional heavy dependency, loaded when a CLIP encoder is built
 
         self._open_clip = open_clip
         self.model_ref, self.pretrained, self.seed = model, pretrained, seed

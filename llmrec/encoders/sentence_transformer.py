@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sentence_transformers import SentenceTransformer
 
 from llmrec.encoders.base import ItemEncoder, l2_normalize, resolve_device
 from llmrec.encoders.weights import bundled_minilm_folder, folder_fingerprint, resolve_model_folder
@@ -58,8 +59,6 @@ class SentenceTransformerTextEncoder(ItemEncoder):
 
     def _load(self):
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
             logger.info("loading sentence-transformers model from %s on %s", self.folder, self.device)
             self._model = SentenceTransformer(str(self.folder), device=str(self.device), local_files_only=True)
             if self.max_length is not None:

@@ -12,7 +12,10 @@ import hashlib
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
+
+from huggingface_hub import snapshot_download
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,6 @@ def resolve_model_folder(name_or_path: str, what: str) -> Path:
     if path.exists():
         raise WeightsNotFoundError(f"{what}: {path} is a file; expected a model folder or a hub name")
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception as err:  # noqa: BLE001 - any hub failure means "not available offline"
         raise WeightsNotFoundError(
@@ -98,8 +99,6 @@ def has_weight_files(folder: str | Path) -> bool:
 
 def warn_random_init(model_description: str) -> None:
     """Log (loudly) and warn that ``model_description`` runs with random weights (``clip.allow_random_init``)."""
-    import warnings
-
     message = (f"{model_description} runs with RANDOM weights (clip.allow_random_init=true): its embeddings carry "
                "no meaning. Use this for tests only.")
     logger.warning("!" * 20 + " " + message + " " + "!" * 20)

@@ -1,7 +1,7 @@
 """Left-padded batched generation with Hugging Face ``generate`` from slot-filled ``inputs_embeds``.
 
 TMF's generation process (§4.3, Fig. 1): the hybrid prompt (text tokens + item/behavior slot vectors,
-built by :meth:`llmrec.model.TMFModel.embed_inputs`) is fed to the LoRA-adapted LLM, which writes the
+built by :meth:`llmrec.tmf.model.TMFModel.embed_inputs`) is fed to the LoRA-adapted LLM, which writes the
 name of the predicted item; the slot tokens are never part of the predicted tokens (they are not in
 the vocabulary). Rows are left-padded (``TMFCollator(padding_side="left", with_answer=False)``), so
 every row's next token follows its last prompt token; ``generate`` derives position ids from the
@@ -27,8 +27,11 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationConfig, StoppingCriteriaList
 
 from llmrec.config import ConfigError
+from llmrec.devices import batch_to_device
+from llmrec.generation.constraints import CandidateTrie
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +115,6 @@ def _end_token_ids(eos_id: int | None, generation_config: Any) -> list[int]:
     return ids
 
 
-def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 class HFGenerator:
     """Generates answers for rendered prompts with ``model.peft_model.generate(inputs_embeds=...)``.
 
@@ -143,8 +142,6 @@ class HFGenerator:
         self.stopper = FirstLineStopper(tokenizer)
 
     def _generation_config(self) -> Any:
-        from transformers import GenerationConfig
-
         s = self.settings
         sampling = {"temperature": s.temperature, "top_p": s.top_p} if s.do_sample else {}
         return GenerationConfig(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, num_beams=1,
@@ -158,14 +155,10 @@ class HFGenerator:
     @torch.no_grad()
     def generate_ids(self, prompts: Sequence[Any], batch_index: int = 0) -> list[list[int]]:
         """Generated token ids of one batch of prompts (cut after the stopping token)."""
-        from transformers import StoppingCriteriaList
-
         device = next(self.model.parameters()).device
         batch = batch_to_device(self.collator(list(prompts)), device)
         allowed = None
         if self.settings.constrained:
-            from llmrec.generation.constraints import CandidateTrie
-
             tries = [CandidateTrie.for_prompt(p, self.answer_collator) for p in prompts]
             allowed = lambda row, ids: tries[row].allowed(ids.tolist(), self.pad_id)  # noqa: E731
         rng = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])

@@ -34,13 +34,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from llmrec.devices import batch_to_device
 from llmrec.metrics import candidate_ranking_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def candidate_rows(prompt: Any, collator: Any, renderer: Any) -> list[Any]:
@@ -83,7 +80,7 @@ def _score_prefix_group(model: Any, collator: Any, rows: list[list[Any]], encode
     n_candidates = len(rows[0])
     prefix_lengths = torch.tensor([len(_shared_prefix_ids(e)) for e in encoded], device=device)
     # the first candidate row of every prompt carries the prompt's slots; its answer tail is masked out
-    batch = _to_device(collator([r[0] for r in rows]), device)
+    batch = batch_to_device(collator([r[0] for r in rows]), device)
     width = int(prefix_lengths.max())
     embeds = model.embed_inputs(batch)[:, :width]
     positions = torch.arange(width, device=device)
@@ -171,7 +168,7 @@ def _score_packed_group(model: Any, collator: Any, rows: list[list[Any]], encode
     answer_lengths = [[len(a) for a in prompt_answers] for prompt_answers in answers]
     width = max(n + sum(lengths) for n, lengths in zip(prefix_lengths, answer_lengths))
     # the first candidate row of every prompt carries the prompt's slots; its answer tail is not used
-    prefix_embeds = model.embed_inputs(_to_device(collator([r[0] for r in rows]), device))
+    prefix_embeds = model.embed_inputs(batch_to_device(collator([r[0] for r in rows]), device))
     ids = torch.full((n_prompts, width), collator.pad_id, dtype=torch.long)
     positions = torch.zeros(n_prompts, width, dtype=torch.long)
     predictor_index, target_ids, answer_of_target = [], [], []
@@ -205,7 +202,7 @@ def _score_packed_group(model: Any, collator: Any, rows: list[list[Any]], encode
 
 def _score_full(model: Any, collator: Any, rows: list[Any], device: torch.device) -> torch.Tensor:
     """``[len(rows)]`` scores, every (prompt, candidate) row as one full sequence."""
-    return model.sequence_log_likelihood(_to_device(collator(rows), device))
+    return model.sequence_log_likelihood(batch_to_device(collator(rows), device))
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ vLLM's documented offline API is used (docs.vllm.ai, "Prompt Embedding Inputs" a
     llm.generate([{"prompt_embeds": tensor[L_i, hidden]}, ...], SamplingParams(...),
                  lora_request=LoRARequest("tmf", 1, <checkpoint folder>))
 
-* **Prompt embeddings** come from :meth:`llmrec.model.TMFModel.embed_inputs`, the tensors HF
+* **Prompt embeddings** come from :meth:`llmrec.tmf.model.TMFModel.embed_inputs`, the tensors HF
   generation uses (DESIGN "Slots, not new tokens"): one ``[L_i, hidden]`` tensor per prompt with the
   padding removed (vLLM batches ragged prompts itself). They are exact only if the input embedding
   layer is not LoRA-adapted, since vLLM skips its own embedding layer for them while applying LoRA to
@@ -16,7 +16,7 @@ vLLM's documented offline API is used (docs.vllm.ai, "Prompt Embedding Inputs" a
   which is what ``LoRARequest`` loads; the fusion and adaptors stay on the HF side (they only make the
   slot vectors).
 * **Base model**: :func:`vllm_model_path` is a folder vLLM can load: a local folder or hub name as given,
-  or the safetensors folder ``llmrec.lm_loading`` converts a GGUF file into.
+  or the safetensors folder ``llmrec.tmf.lm`` converts a GGUF file into.
 * **Stopping**: vLLM runs to the end token or ``max_new_tokens``; the first line the metrics parse
   (``llmrec.metrics.first_line``) is the same one HF generation stops after.
 
@@ -33,9 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
-from llmrec.generation.hf import GenerationSettings, batch_to_device
+from llmrec.config import ConfigError
+from llmrec.devices import batch_to_device
+from llmrec.generation.hf import GenerationSettings
+from llmrec.tmf.lm import gguf_cache_folder, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +62,6 @@ class VLLMSettings:
     enforce_eager: bool = False
 
     def validate(self) -> None:
-        from llmrec.config import ConfigError
-
         if self.tensor_parallel_size < 1 or self.chunk_size < 1:
             raise ConfigError("vllm.tensor_parallel_size and vllm.chunk_size must be >= 1")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -69,7 +71,7 @@ class VLLMSettings:
 def import_vllm() -> Any:
     """The ``vllm`` module, or an ImportError that says how to get it."""
     try:
-        import vllm
+        import vllm  # optional (its own environment), loaded on use
     except ImportError as err:
         raise ImportError("backend=vllm needs the vllm package, which is not installed (it needs a CUDA GPU): "
                           "pip install 'llmrec[vllm]'; or use backend=hf") from err
@@ -80,15 +82,13 @@ def _lora_request_class(vllm: Any) -> Any:
     found = getattr(vllm, "LoRARequest", None)
     if found is not None:
         return found
-    from vllm.lora.request import LoRARequest
+    from vllm.lora.request import LoRARequest  # optional, loaded on use
 
     return LoRARequest
 
 
 def check_lora_targets(model: Any) -> None:
     """Raise if LoRA adapts the input embedding or the LM head (prompt embeddings would be inexact)."""
-    from peft.tuners.lora import LoraLayer
-
     for what, module in (("input embedding", model.causal_lm.get_input_embeddings()),
                          ("output embedding (lm_head)", model.causal_lm.get_output_embeddings())):
         if isinstance(module, LoraLayer):
@@ -99,8 +99,6 @@ def check_lora_targets(model: Any) -> None:
 
 def vllm_model_path(lm_cfg: Any) -> str:
     """What ``vllm.LLM(model=...)`` loads for ``LMConfig`` ``lm_cfg`` (a GGUF source: its converted folder)."""
-    from llmrec.lm_loading import gguf_cache_folder, resolve_source
-
     source = resolve_source(lm_cfg)
     if not source.is_gguf:
         return source.folder_or_name
@@ -137,7 +135,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class VLLMGenerator:
     """Generates answers with vLLM from TMF prompt embeddings (see the module docstring).
 
-    ``model`` (a :class:`~llmrec.model.TMFModel`) computes the embeddings; ``adapter_dir`` is the
+    ``model`` (a :class:`~llmrec.tmf.model.TMFModel`) computes the embeddings; ``adapter_dir`` is the
     checkpoint folder (``None``: the base model without LoRA, for zero-shot runs). ``vllm_module``
     and ``llm`` replace the real package / engine (tests: vLLM cannot run without a GPU).
     """

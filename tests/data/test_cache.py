@@ -10,6 +10,7 @@ import numpy as np
 
 from llmrec.data import prepare
 from llmrec.data.cache import load_prepared
+from llmrec.data.candidates import load_candidates
 
 from .conftest import generic_config, random_log, write_log
 
@@ -47,7 +48,7 @@ def test_cache_folder_contents(random_log_config):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(ds.root.stat().st_mode) == 0o777 & ~umask  # not tempfile's 0700
-    ds.candidates("test", size=5)
+    load_candidates(ds, "test", size=5)
     assert stat.S_IMODE(next((ds.root / "candidates").iterdir()).stat().st_mode) == 0o666 & ~umask
     reloaded = load_prepared(ds.root)
     assert reloaded.item_ids == ds.item_ids and reloaded.stats["fingerprint"] == ds.fingerprint
@@ -61,4 +62,4 @@ def test_an_empty_split_round_trips_with_its_columns(tmp_path):
     ds = prepare(cfg)
     assert len(ds.samples["train"]) == 0 and len(ds.samples["test"]) == 2
     assert ds.samples["train"].column_names == ds.samples["test"].column_names
-    assert prepare(cfg).candidates("train", size=3).items.shape == (0, 3)
+    assert load_candidates(prepare(cfg), "train", size=3).items.shape == (0, 3)

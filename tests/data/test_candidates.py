@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llmrec.data import DataError, prepare
-from llmrec.data.candidates import candidate_path, sample_candidates
+from llmrec.data.candidates import candidate_path, load_candidates, sample_candidates
 
 from .conftest import generic_config, random_log, write_log
 
@@ -18,7 +18,7 @@ def test_candidate_properties(random_log_config):
     ds = prepare(make())
     for split in ("train", "valid", "test"):
         for sampler in ("uniform", "popularity"):
-            cands = ds.candidates(split, sampler=sampler, size=12, seed=1)
+            cands = load_candidates(ds, split, sampler=sampler, size=12, seed=1)
             targets = np.array(ds.samples[split]["target"])
             users = np.array(ds.samples[split]["user"])
             assert cands.items.shape == (len(targets), 12)
@@ -46,21 +46,21 @@ def test_two_fresh_prepares_write_identical_bytes(tmp_path):
 def test_key_changes_the_set_and_the_target_column_moves(random_log_config):
     make, _ = random_log_config
     ds = prepare(make())
-    base = ds.candidates("test", size=12, seed=0).items
-    assert not np.array_equal(base, ds.candidates("test", size=12, seed=1).items)
-    assert not np.array_equal(base, ds.candidates("valid", size=12, seed=0).items[: len(base)])
-    assert not np.array_equal(base, ds.candidates("test", sampler="popularity", size=12, seed=0).items)
-    assert len(set(ds.candidates("test", size=12, seed=0).target_index.tolist())) > 3  # shuffled
+    base = load_candidates(ds, "test", size=12, seed=0).items
+    assert not np.array_equal(base, load_candidates(ds, "test", size=12, seed=1).items)
+    assert not np.array_equal(base, load_candidates(ds, "valid", size=12, seed=0).items[: len(base)])
+    assert not np.array_equal(base, load_candidates(ds, "test", sampler="popularity", size=12, seed=0).items)
+    assert len(set(load_candidates(ds, "test", size=12, seed=0).target_index.tolist())) > 3  # shuffled
 
 
 def test_saved_set_is_reloaded_not_resampled(random_log_config):
     make, _ = random_log_config
     ds = prepare(make())
-    first = ds.candidates("test", size=10, seed=4)
+    first = load_candidates(ds, "test", size=10, seed=4)
     path = candidate_path(ds.root, "test", "uniform", 10, 4)
     assert first.path == path and path.is_file()
     stamp = path.stat().st_mtime_ns
-    again = prepare(make()).candidates("test", size=10, seed=4)
+    again = load_candidates(prepare(make()), "test", size=10, seed=4)
     assert np.array_equal(first.items, again.items) and path.stat().st_mtime_ns == stamp
 
 
@@ -80,7 +80,7 @@ def test_too_few_negatives_names_the_user(random_log_config):
     make, _ = random_log_config
     ds = prepare(make())
     with pytest.raises(DataError, match=r"user 'u\d+' \(index \d+\) has only \d+ items never interacted with"):
-        ds.candidates("test", size=ds.n_items, seed=0)
+        load_candidates(ds, "test", size=ds.n_items, seed=0)
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "popularity"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llmrec.cli import main as llmrec_main
+from llmrec.pipeline.cli import main as llmrec_main
 
 from .conftest import random_log, write_log
 

@@ -11,14 +11,7 @@ import pytest
 from PIL import Image
 
 from llmrec.config import ConfigError, from_dict
-from llmrec.data.synthetic import (
-    COLORS,
-    SyntheticConfig,
-    complement_map,
-    draw_item_image,
-    ensure_shop,
-    generate_shop,
-)
+from llmrec.data.synthetic import COLORS, SyntheticConfig, complement_map, draw_item_image, ensure_shop, generate_shop
 
 SMALL = dict(n_users=40, n_items=32, image_size=32)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.cli import main as llmrec_main
+from llmrec.pipeline.cli import main as llmrec_main
 from llmrec.tables import load_table
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmrec.collator import TMFCollator
+from llmrec.data.candidates import load_candidates
 from llmrec.generation.ranking import candidate_log_likelihoods, ranking_hit_rate
+from llmrec.tmf.collator import TMFCollator
 
 kit = sys.modules["tmf_testkit"]  # loaded by conftest.py
 
@@ -25,7 +26,7 @@ kit = sys.modules["tmf_testkit"]  # loaded by conftest.py
 @pytest.fixture(scope="module")
 def lora_model(peaked_lm_dir, tables):
     """A TMFModel whose LoRA is not the identity (random B), so LoRA must be active in both paths."""
-    from llmrec.model import TMFModel
+    from llmrec.tmf.model import TMFModel
 
     torch.manual_seed(1)
     model = TMFModel(kit.tiny_model_config(peaked_lm_dir), tables).eval()
@@ -39,9 +40,9 @@ def lora_model(peaked_lm_dir, tables):
 @pytest.fixture(scope="module")
 def mixed_prompts(shop, renderer):
     """Hard prompts (item + behavior slots) of 6 users: histories and candidate titles of varied length."""
-    from llmrec.prompts import render_sample
+    from llmrec.tmf.prompts.render import render_sample
 
-    cands = shop.candidates("test", size=5)
+    cands = load_candidates(shop, "test", size=5)
     full = [render_sample(renderer, shop, "test", r, cands, "hard") for r in range(6)]
     prompts = [renderer.render(p.history_items[r % 3:], p.history_behaviors[r % 3:], p.candidates, p.target_index,
                                p.task, paraphrase=p.paraphrase) for r, p in enumerate(full)]

@@ -18,8 +18,8 @@ import torch
 from llmrec.generation.hf import GenerationSettings, HFGenerator
 from llmrec.generation.vllm import (VLLMGenerator, VLLMSettings, check_lora_targets, import_vllm,
                                     prompt_embeds_requests, vllm_model_path)
-from llmrec.lm_loading import LMConfig
 from llmrec.metrics import first_line, parse_generation
+from llmrec.tmf.lm import LMConfig
 
 
 def fake_vllm(model):

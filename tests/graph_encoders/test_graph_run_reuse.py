@@ -1,4 +1,4 @@
-"""``llmrec.stages.ensure_graph_run``: one run per (config, dataset), reused, predictions written without retraining."""
+"""``llmrec.pipeline.stages.ensure_graph_run``: one run per (config, dataset), reused, predictions written without retraining."""
 
 import logging
 
@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from graph_encoders.predictions import predictions_path
-from llmrec.stages import ensure_graph_run, ensure_graph_table
+from llmrec.pipeline.stages import ensure_graph_run, ensure_graph_table
 
 TINY = {
     "data": "unused.yaml", "model": {"name": "sasrec", "hidden_size": 16, "max_len": 8},
@@ -45,7 +45,7 @@ def test_missing_predictions_come_from_the_best_weights(tmp_path, make_tiny):
     ensure_graph_run(path, dataset, predictions=(("test", "uni5"),))
     assert target.is_file() and (run_dir / "metrics.json").stat().st_mtime_ns == stamp
     # the restored model reproduces the run's metric on those rows
-    from llmrec.evaluation import evaluate_predictions, read_predictions
+    from llmrec.eval.report import evaluate_predictions, read_predictions
 
     recorded = yaml.safe_load((run_dir / "metrics.json").read_text())["test"]["uni5/HR@1"]
     assert evaluate_predictions(read_predictions(target), ks=(1,))["HR@1"] == recorded

@@ -7,10 +7,11 @@ import pytest
 
 from graph_encoders.cli import FitGraphConfig
 from graph_encoders.predictions import prediction_records
-from llmrec.atomic import write_jsonl
 from llmrec.config import ConfigError, load_config
-from llmrec.evaluation import PredictionsError, read_predictions
-from llmrec.pipeline import PipelineConfig, check_baseline_config, restrict_to_rows
+from llmrec.data.candidates import load_candidates
+from llmrec.eval.report import PredictionsError, read_predictions
+from llmrec.io import write_jsonl
+from llmrec.pipeline.run import PipelineConfig, check_baseline_config, restrict_to_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,7 @@ def _tmf_like(record: dict) -> dict:
 
 @pytest.fixture
 def baseline(tmp_path, tiny_dataset):
-    cands = tiny_dataset.candidates("test", sampler="uniform", size=5, seed=0)
+    cands = load_candidates(tiny_dataset, "test", sampler="uniform", size=5, seed=0)
     scores = np.random.default_rng(0).normal(size=cands.items.shape).astype(np.float32)
     records = prediction_records(tiny_dataset, "test", cands, scores, "sasrec")
     return records, write_jsonl(tmp_path / "predictions-test-uni5.jsonl", records)

@@ -6,11 +6,11 @@ import pytest
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.cli import FitGraphConfig, fit_graph, load_run
 from graph_encoders.evaluation import EvalConfig
-from graph_encoders.predictions import (
-    baseline_prediction_records, catalog_names, prediction_records, predictions_path, written_protocols,
-)
+from graph_encoders.predictions import (baseline_prediction_records, catalog_names, prediction_records,
+                                        predictions_path, written_protocols)
 from llmrec.config import load_config
-from llmrec.evaluation import evaluate_predictions, read_predictions
+from llmrec.data.candidates import load_candidates
+from llmrec.eval.report import evaluate_predictions, read_predictions
 
 TINY_RUN = [
     "data=unused.yaml", "model={name: sasrec}", "model.hidden_size=16", "model.max_len=8", "train.epochs=2",
@@ -45,7 +45,7 @@ def test_rows_users_and_targets_match_the_frozen_candidates(tmp_path, make_tiny)
     result = _fit(tmp_path, make_tiny, True)
     dataset = make_tiny()
     samples = dataset.samples["test"]
-    cands = dataset.candidates("test", sampler="uniform", size=5, seed=0)
+    cands = load_candidates(dataset, "test", sampler="uniform", size=5, seed=0)
     records = read_predictions(tmp_path / "predictions-test-uni5.jsonl").records
     assert [r["row"] for r in records] == list(range(len(samples)))
     for k, record in enumerate(records):
@@ -72,7 +72,7 @@ def test_switch_off_and_large_protocols_write_no_file(tmp_path, make_tiny):
 
 
 def test_records_are_checked(tiny_dataset):
-    cands = tiny_dataset.candidates("test", sampler="uniform", size=5, seed=0)
+    cands = load_candidates(tiny_dataset, "test", sampler="uniform", size=5, seed=0)
     scores = np.zeros(cands.items.shape, dtype=np.float32)
     scores[3, 2] = np.nan
     with pytest.raises(ValueError, match="sasrec test: row 3 has a non-finite candidate score"):

@@ -6,7 +6,7 @@ import torch
 from graph_encoders.base import DatasetSpec, build_model
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import CandidateProtocol, EvalConfig, evaluate
-from graph_encoders.trainer import StaleCheckpointError, Trainer, TrainConfig, seed_everything
+from graph_encoders.trainer import StaleCheckpointError, TrainConfig, Trainer, seed_everything
 from llmrec.config import ConfigError, from_dict
 
 EVAL = EvalConfig(

@@ -1,0 +1,38 @@
+"""Devices and precision: where tensors go and which autocast dtype a machine supports.
+
+``precision`` is one of ``auto | fp32 | bf16 | fp16`` everywhere (training and inference configs). ``auto``
+means bf16 where the hardware runs it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX, as
+oneDNN reports), else fp32: on a CPU without native bf16, autocast to bf16 is emulated and slower than fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with every tensor moved to ``device`` (other values as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes in bf16 natively (CUDA: ``is_bf16_supported``; CPU: oneDNN's bf16 check)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` with ``auto`` resolved for ``device``: ``bf16`` where native, else ``fp32``."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be one of auto, fp32, bf16, fp16; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: plain fp32)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision, device)]

@@ -1,0 +1,3 @@
+"""The top floor: ``stages.py`` builds or reuses each stage's cached inputs (the only place that does),
+``commands.py`` the ``llmrec train`` / ``llmrec infer`` commands, ``run.py`` the whole recipe in order
+(``llmrec pipeline``, the quickstart) and ``cli.py`` the ``llmrec`` dispatcher."""

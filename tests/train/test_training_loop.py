@@ -1,0 +1,155 @@
+"""The training loop end to end on a tiny Llama: schedule, batching, exact resume, crash-safe checkpoints.
+
+Real accelerate, PEFT, prompts, collator and the synthetic shop prepared on disk; the LLM is a
+2-layer random-init Llama with the SmolLM2 tokenizer's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmrec.tmf.model import TMFModel
+from llmrec.train import checkpoint as ckpt
+from llmrec.train.config import OptimizerSettings, load_train_config
+from llmrec.train.loop import Trainer, train
+from llmrec.train.schedule import learning_rate, plan_epoch
+
+
+def tiny_config(tmp_path, lm_dir, name="run", *overrides):
+    return load_train_config(None, [
+        f"output_dir={tmp_path / name}", f"model.lm.name_or_path={lm_dir}", "max_steps=4", "batch_size=4",
+        "gradient_accumulation_steps=2", "eval.every=2", "eval.n_samples=4", "eval.candidates.size=5",
+        "train_candidates.size=5", "curriculum.t1=1", "precision=fp32", *overrides])
+
+
+def read_checkpoint(folder):
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    tensors.update({f"adaptors/{k}": v for k, v in load_file(str(folder / "adaptors.safetensors")).items()})
+    return tensors, json.loads((folder / ckpt.STATE_FILE).read_text())
+
+
+def test_plan_epoch_is_seeded_covers_every_row_and_groups_lengths():
+    lengths = np.random.default_rng(0).integers(10, 500, size=203)
+    plan = plan_epoch(lengths, batch_size=8, seed=3, epoch=1, group_size=5)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(203))
+    assert all(len(b) <= 8 for b in plan)
+    assert [b.tolist() for b in plan] == [b.tolist() for b in plan_epoch(lengths, 8, 3, 1, 5)]
+    assert [b.tolist() for b in plan] != [b.tolist() for b in plan_epoch(lengths, 8, 3, 2, 5)]
+    random_plan = plan_epoch(lengths, 8, 3, 1, None)
+
+    def padding(p):
+        return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in p)
+
+    assert padding(plan) < 0.5 * padding(random_plan)
+
+
+def test_learning_rate_warms_up_then_decays_to_min():
+    cfg = OptimizerSettings(lr=1e-3, warmup_ratio=0.1, warmup_start_lr=1e-5, min_lr=1e-6)
+    lrs = [learning_rate(s, 100, cfg) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[10] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-6)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_resume_continues_the_run_exactly(tmp_path, tiny_lm_dir, shop, tables):
+    """4 steps straight == 2 steps, stop, resume, 2 steps: same weights, optimizer, curriculum, losses."""
+    straight = train(tiny_config(tmp_path, tiny_lm_dir, "straight", "save_every=2"), shop, tables)
+    interrupted = tiny_config(tmp_path, tiny_lm_dir, "resumed", "save_every=2")
+    first = train(interrupted, shop, tables, stop_after=2)
+    assert first.name == "step-00000002"
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resumed = train(interrupted, shop, tables, resume="auto")
+    assert straight.name == resumed.name == "step-00000004"
+
+    tensors_a, state_a = read_checkpoint(straight)
+    tensors_b, state_b = read_checkpoint(resumed)
+    assert tensors_a.keys() == tensors_b.keys() and len(tensors_a) > 10
+    for key in tensors_a:
+        assert torch.equal(tensors_a[key], tensors_b[key]), key
+    initial, _ = read_checkpoint(first)
+    assert any(not torch.equal(initial[k], tensors_a[k]) for k in tensors_a)  # steps 3-4 changed weights
+    assert state_a["curriculum"] == state_b["curriculum"]
+    assert sum(state_a["curriculum"]["task_counts"].values()) > 0
+    assert state_a["curriculum"]["task_counts"]["hard"] > 0  # t1=1: the hard task is reached
+    for key in ("step", "epoch", "position", "eval_history"):
+        assert state_a[key] == state_b[key], key
+    opt_a = torch.load(straight / ckpt.OPTIMIZER_FILE, weights_only=True)
+    opt_b = torch.load(resumed / ckpt.OPTIMIZER_FILE, weights_only=True)
+    for index, values in opt_a["state"].items():
+        for name, tensor in values.items():
+            assert torch.equal(tensor, opt_b["state"][index][name]), (index, name)
+    lines_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    lines_b = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines_b] == [1, 2, 3, 4]  # the second run started at step 3, not from scratch
+    assert [r["loss"] for r in lines_a] == [r["loss"] for r in lines_b]
+
+
+def test_resume_refuses_a_checkpoint_of_another_dataset_version(tmp_path, tiny_lm_dir, shop, tables):
+    import dataclasses
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "other-data", "save_every=1", "eval.every=-1")
+    train(cfg, shop, tables, stop_after=1)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    other = dataclasses.replace(shop, fingerprint="another-version")
+    with pytest.raises(ValueError, match=rf"step-00000001: trained on dataset version {shop.fingerprint}, this run's "
+                                         r"data is another-version; resuming would continue on other rows"):
+        train(cfg, other, tables, resume="auto")
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_lm_dir, shop, tables, monkeypatch):
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "crash", "save_every=2", "eval.every=-1")
+    real_save_state = ckpt.save_trainer_state
+
+    def dies_at_step_4(folder, state):
+        if state["step"] == 4:  # the adapter and adaptor files of step 4 are already written
+            assert (folder / "adapter_model.safetensors").is_file()
+            raise RuntimeError("simulated kill while writing the checkpoint")
+        real_save_state(folder, state)
+
+    monkeypatch.setattr(ckpt, "save_trainer_state", dies_at_step_4)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, shop, tables)
+    root = ckpt.checkpoint_root(cfg.output_dir)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000002"]  # no half-written step 4
+    assert ckpt.latest_checkpoint(cfg.output_dir).name == "step-00000002"
+    TMFModel.from_pretrained(root / "step-00000002", tables)  # loadable
+
+    monkeypatch.setattr(ckpt, "save_trainer_state", real_save_state)
+    (root / ".tmp-step-00000004").mkdir()  # what a SIGKILL would leave behind
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    final = train(cfg, shop, tables, resume="auto")
+    assert final.name == "step-00000004" and not list(root.glob(".tmp-*"))
+
+
+def test_trainer_sees_every_task_and_logs_progress(tmp_path, tiny_lm_dir, shop, tables, caplog):
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "tasks", "max_steps=6", "gradient_accumulation_steps=1",
+                      "curriculum.per_sample=true", "log_every=1", "eval.every=-1", "precision=bf16")
+    with caplog.at_level("INFO", logger="llmrec"):
+        trainer = Trainer(cfg, shop, tables)
+        trainer.run()
+    counts = trainer.curriculum.task_counts
+    assert counts["hard"] > 0 and counts["medium"] > 0 and sum(counts.values()) == 6 * 4
+    assert any("p(easy/medium/hard)" in r.getMessage() for r in caplog.records)
+    records = [json.loads(x) for x in trainer.metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in records)
+
+
+def test_validation_runs_every_n_steps_and_after_the_last(tmp_path, tiny_lm_dir, shop, tables):
+    trainer = Trainer(tiny_config(tmp_path, tiny_lm_dir, "evals", "max_steps=3", "eval.every=2"), shop, tables)
+    trainer.run()
+    assert [r["step"] for r in trainer.eval_history] == [2, 3]
+    assert all(0.0 <= r["HR@1"] <= 1.0 for r in trainer.eval_history)
