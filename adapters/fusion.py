@@ -24,6 +24,10 @@ Choices where the paper is ambiguous (see docs/tmf_fusion.md):
   is present, in CMA when both image and text are present. A query with no
   valid key gets zeros from AMSA and keeps its own query in CMA, so an absent
   modality degrades CMA to the AMSA path instead of producing NaNs or zeros.
+* ``enabled=False`` is no fusion at all: the output is the graph (ID) embedding of each item, unchanged
+  (``fused_dim`` = graph width). With the item adaptor after it, that is LLaRA's hybrid item
+  representation (one projector on a sequential recommender's item embedding), the baseline TMF is
+  compared with.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class FusionConfig:
     """Width of AMSA's Q/K/V projections; default d = image_dim + text_dim + graph_dim."""
     qkv_projections: bool = True
     """False: Eq. 6-8 exactly as printed, attention over the raw embeddings."""
+    enabled: bool = True
+    """False: no fusion, each item's graph (ID) embedding passes through unchanged (LLaRA's item input)."""
 
     def validate(self) -> None:
         if self.n_heads < 1:
@@ -130,6 +136,9 @@ class ModalityFusion(nn.Module):
                                  "(give an absent modality width >= 1, zero rows and modality_mask False)")
         self.cfg = cfg
         self.input_dims = (image_dim, text_dim, graph_dim)
+        if not cfg.enabled:  # no parameters: the graph embedding is the output
+            self.fused_dim = graph_dim
+            return
         concat_dim = image_dim + text_dim + graph_dim  # d of Eq. 5
         self.fused_dim = cfg.fused_dim or max(image_dim, text_dim)
         amsa_dim = cfg.amsa_dim or concat_dim
@@ -179,6 +188,8 @@ class ModalityFusion(nn.Module):
         # A missing modality is a zero row, whatever the caller sent (even NaN).
         image, text, graph = (torch.where(modality_mask[..., m:m + 1], x, 0.0)
                               for m, x in enumerate((image, text, graph)))
+        if not self.cfg.enabled:
+            return graph
 
         v_m = torch.cat([image, text, graph], dim=-1)  # Eq. 5
         amsa_mask = attn_mask & modality_mask.any(dim=-1).unsqueeze(1)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from llmrec.config import ConfigError, load_config
 from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE
+from llmrec.tmf.tasks import TASKS
 from llmrec.tmf.model import ModelConfig
 from llmrec.tmf.prompts.render import PromptConfig
 
@@ -27,6 +28,9 @@ class CurriculumSettings:
     per_sample: bool = False
     fixed_task: Literal["easy", "medium", "hard"] | None = None
     """Train one task only (text-only baseline: easy; ablations)."""
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """The schedule's tasks, easiest first: all three (Eq. 12-14) or two, e.g. [easy, medium] for the
+    "+ behavior tokens" row of TMF Table 3 or [easy, hard] for LLaRA (one linear stage, p = step / T)."""
 
     def validate(self) -> None:
         if not 0.0 <= self.t1_fraction < 1.0:
@@ -78,7 +82,7 @@ class EvalSettings:
     batch_size: int = 16
     """Rows (prompt x candidate) per forward pass."""
     task: Literal["easy", "medium", "hard"] | None = None
-    """Prompt task of the evaluation; default curriculum.fixed_task, else hard (full TMF)."""
+    """Prompt task of the evaluation; default curriculum.fixed_task, else the curriculum's hardest task."""
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
 
 
@@ -132,8 +136,9 @@ class TrainConfig:
 
 
 def evaluation_task(cfg: TrainConfig) -> str:
-    """The prompt task a run is evaluated on: ``eval.task``, else ``curriculum.fixed_task``, else hard (full TMF)."""
-    return cfg.eval.task or cfg.curriculum.fixed_task or "hard"
+    """The prompt task a run is evaluated on: ``eval.task``, else ``curriculum.fixed_task``, else the hardest task
+    of its curriculum (hard for full TMF)."""
+    return cfg.eval.task or cfg.curriculum.fixed_task or cfg.curriculum.tasks[-1]
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -10,6 +10,11 @@ With tau the number of optimizer steps taken so far, T1 < T:
   ``u < p`` (``I_[0,p]``), the easier one otherwise (``I_(p,1]``). Eq. 14 assigns
   tau = T1 to the first stage, so Eq. 13's overlapping endpoint is not used.
 
+Two tasks (``tasks: [easy, hard]``, or ``[easy, medium]``, ``[medium, hard]``): a single linear stage,
+``p_second = min(tau, T) / T``; that is Eq. 12 with T1 = T, and it is LLaRA's curriculum (text-only
+prompts, then hybrid ones with probability step / max_step). It gives the ablation rows of TMF Table 3
+a curriculum up to their own hardest task (docs/training.md); ``t1`` is then unused.
+
 The draw for a step comes from a generator seeded with ``(seed, step, substep)``,
 so a resumed run reproduces the task sequence without stored RNG state.
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -45,8 +50,13 @@ class CurriculumConfig:
     """Seed of the task draws; with the step it fixes every draw."""
     fixed_task: Literal["easy", "medium", "hard"] | None = None
     """Always this task (text-only baseline, ablations); the schedule is then unused."""
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """The tasks of the schedule, easiest first: all three (Eq. 12-14) or two (one linear stage)."""
 
     def validate(self) -> None:
+        if list(self.tasks) != [t for t in TASKS if t in self.tasks] or len(self.tasks) not in (2, 3):
+            raise ConfigError(f"curriculum.tasks must be two or three of {list(TASKS)} in that order, "
+                              f"got {list(self.tasks)}")
         if self.total < 1:
             raise ConfigError(f"curriculum.total must be >= 1, got {self.total}")
         if not 0 <= self.t1 < self.total:
@@ -74,6 +84,8 @@ class CurriculumSampler:
         """``"fixed"``, ``"easy-medium"`` (tau <= T1), ``"medium-hard"`` (T1 < tau <= T) or ``"hard"``."""
         if self.cfg.fixed_task is not None:
             return "fixed"
+        if len(self.cfg.tasks) == 2:
+            return "-".join(self.cfg.tasks) if step <= self.cfg.total else self.cfg.tasks[1]
         if step <= self.cfg.t1:
             return "easy-medium"
         return "medium-hard" if step <= self.cfg.total else "hard"
@@ -91,6 +103,10 @@ class CurriculumSampler:
         if cfg.fixed_task is not None:
             return {task: float(task == cfg.fixed_task) for task in TASKS}
         tau = min(int(step), cfg.total)
+        if len(cfg.tasks) == 2:  # one linear stage: Eq. 12 with T1 = T (LLaRA's curriculum)
+            first, second = cfg.tasks
+            return {task: (tau / cfg.total if task == second else 1.0 - tau / cfg.total if task == first else 0.0)
+                    for task in TASKS}
         if tau <= cfg.t1:
             p_medium = tau / cfg.total  # Eq. 12 as printed: divided by T
             return {"easy": 1.0 - p_medium, "medium": p_medium, "hard": 0.0}
@@ -110,6 +126,9 @@ class CurriculumSampler:
         uniform = np.random.default_rng([self.cfg.seed, int(step), substep]).random(n_draws)
         if self.cfg.fixed_task is not None:
             drawn = [self.cfg.fixed_task] * n_draws
+        elif len(self.cfg.tasks) == 2:
+            first, second = self.cfg.tasks
+            drawn = [second if u < probs[second] else first for u in uniform]
         elif min(int(step), self.cfg.total) <= self.cfg.t1:
             drawn = ["medium" if u < probs["medium"] else "easy" for u in uniform]  # Eq. 14, first case
         else:

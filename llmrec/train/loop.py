@@ -100,7 +100,8 @@ class Trainer:
         total = cur.total or self.total_steps
         t1 = cur.t1 if cur.t1 is not None else int(cur.t1_fraction * total)
         self.curriculum = CurriculumSampler(CurriculumConfig(t1=t1, total=total, per_sample=cur.per_sample,
-                                                             seed=cfg.seed, fixed_task=cur.fixed_task))
+                                                             seed=cfg.seed, fixed_task=cur.fixed_task,
+                                                             tasks=list(cur.tasks)))
         groups = model.parameter_groups()
         adaptor_params = groups["fusion"] + groups["item_adaptor"] + groups["behavior_adaptor"]
         opt = cfg.optimizer

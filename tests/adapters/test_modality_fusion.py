@@ -180,6 +180,19 @@ def test_multi_head_differs_from_single_head_and_checks_divisibility():
         make_fusion(n_heads=2, amsa_dim=12, fused_dim=7)
 
 
+def test_disabled_fusion_passes_the_graph_embedding_through():
+    fusion = make_fusion(enabled=False)
+    assert fusion.fused_dim == D_G and not list(fusion.parameters())
+    image, text, graph = (torch.randn(2, 5, d) for d in (D_IMG, D_TXT, D_G))
+    modality_mask = torch.ones(2, 5, 3, dtype=torch.bool)
+    modality_mask[1, 4, 2] = False  # a missing graph row is a zero row
+    attn = item_attention_mask(torch.tensor([3, 2]), torch.tensor([5, 5]), 5)
+    out = fusion(image, text, graph, modality_mask, attn)
+    expected = graph.clone()
+    expected[1, 4] = 0.0
+    assert torch.equal(out, expected)
+
+
 def test_gradients_reach_every_parameter():
     fusion = make_fusion(n_heads=2, fused_dim=8, amsa_dim=12, dropout=0.1).train()
     inputs = make_inputs([3, 2], [5, 4], 5)

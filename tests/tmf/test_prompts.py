@@ -127,6 +127,15 @@ def test_slot_counts_and_order_follow_fig3(paraphrase):
         assert prompt.n_history_items == len(HISTORY) and prompt.candidates == CANDIDATES
 
 
+def test_without_behavior_slots_hard_is_llaras_hybrid_prompt():
+    renderer = shop_renderer(behavior_slots=False)
+    easy, medium, hard = (render_shop(t, 0, renderer) for t in TASKS)
+    assert medium.slots("behavior") == [] and hard.slots("behavior") == []
+    assert [s.index for s in hard.slots("item")] == HISTORY + CANDIDATES
+    assert easy.text(slot_markers=False) == hard.text(slot_markers=False) == render_shop("hard", 0).text(
+        slot_markers=False)
+
+
 def test_slots_sit_after_behavior_phrases_and_item_names():
     text = render_shop("hard").text()
     assert text.startswith("The user views [MT_b:0] Water Bottle [MT_i:0], "

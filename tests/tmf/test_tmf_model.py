@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tmf_testkit import tiny_model_config
 
-from adapters.fusion import item_attention_mask
+from adapters.fusion import FusionConfig, item_attention_mask
 from llmrec.data.candidates import load_candidates
 from llmrec.tmf.collator import TMFCollator
 from llmrec.tmf.lm import LMConfig, load_lm, resolve_source
@@ -217,3 +217,17 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(shop, renderer
         grads.append([p.grad for g in model.parameter_groups().values() for p in g])
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(plain, recomputed, rtol=1e-5, atol=1e-7)
+
+
+def test_llara_item_vectors_are_the_adapted_graph_embeddings(shop, renderer, tokenizer, tiny_lm_dir, tables, tmp_path):
+    """fusion.enabled=false: an item slot holds item_adaptor(graph embedding), one projector (LLaRA)."""
+    model = make_model(tiny_lm_dir, tables, fusion=FusionConfig(enabled=False)).eval()
+    assert model.parameter_groups()["fusion"] == []
+    batch = shop_batch(shop, renderer, tokenizer, ["hard", "hard", "hard"])
+    embeds = model.embed_inputs(batch)
+    items = torch.cat([batch["slot_items"][b, :int(batch["n_slot_items"][b])] for b in range(3)])
+    expected = model.item_adaptor(model.graph_table[items])
+    assert torch.allclose(embeds[batch["item_slot_mask"]], expected, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    reloaded = TMFModel.from_pretrained(tmp_path, tables).eval()
+    assert torch.equal(reloaded.embed_inputs(batch), embeds)

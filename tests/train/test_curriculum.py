@@ -124,3 +124,25 @@ def test_trainable_parts_follow_eq_9_to_11():
     assert trainable_parts("easy") < trainable_parts("medium") < trainable_parts("hard")
     with pytest.raises(ValueError, match="unknown task"):
         trainable_parts("expert")
+
+
+# ---- two tasks: one linear stage (LLaRA's curriculum; the Table 3 ablation rows) -------------------------
+@pytest.mark.parametrize("tasks", [["easy", "hard"], ["easy", "medium"], ["medium", "hard"]])
+def test_two_tasks_are_one_linear_stage(tasks):
+    s = sampler(tasks=tasks)
+    first, second = tasks
+    other = next(t for t in TASKS if t not in tasks)
+    for step, p in ((0, 0.0), (25, 0.25), (40, 0.4), (80, 0.8), (100, 1.0), (300, 1.0)):
+        probs = s.probabilities(step)
+        assert probs[second] == pytest.approx(p) and probs[first] == pytest.approx(1 - p) and probs[other] == 0.0
+    drawn = [s.sample(step)[0] for step in range(T)]
+    assert set(drawn) == set(tasks)
+    # the later half draws the second task more often than the earlier half (p rises linearly)
+    assert drawn[T // 2:].count(second) > drawn[:T // 2].count(second)
+    assert s.sample(T + 5) == [second]
+
+
+@pytest.mark.parametrize("tasks", [["hard", "easy"], ["easy"], ["easy", "easy"], ["easy", "expert"]])
+def test_task_lists_must_be_ordered_subsets(tasks):
+    with pytest.raises(ConfigError, match="curriculum.tasks"):
+        sampler(tasks=tasks)

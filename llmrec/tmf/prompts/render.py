@@ -57,6 +57,9 @@ class PromptConfig:
     title_max_chars: int | None = 80
     """Item names longer than this are cut at a word boundary; null keeps whole titles."""
     chat_template: bool = False
+    behavior_slots: bool = True
+    """False: no ``[MT_b]`` slot in any task (medium renders as easy; hard has item slots only: LLaRA's hybrid
+    prompt)."""
     """Use the tokenizer's chat template (answer in the assistant turn); false: plain ``...\\nAnswer:``."""
 
     def validate(self) -> None:
@@ -228,7 +231,7 @@ class PromptRenderer:
         self._check(history_items, history_behaviors, candidates, target_index, task)
         choice = self._choose_paraphrase(task, rng) if paraphrase is None else paraphrase
         template = self.templates.paraphrases[task][choice]
-        out = _SegmentBuilder(TASK_SLOTS[task])
+        out = _SegmentBuilder(TASK_SLOTS[task] if self.config.behavior_slots else TASK_SLOTS[task] - {"behavior"})
         for literal, name in template.parts:
             out.text(literal)
             if name == "history":
