@@ -18,8 +18,14 @@ modal-specific preference, consistent user profile, shopping-intent awareness).
   probability ``complement_probability`` (else uniform), the item is drawn from
   that category by popularity x exp(strength x number of preferred attributes
   matched). Before the purchase the user views other items of the category (and
-  a few random ones), views/carts the purchased item (the cascade) and
-  sometimes carts an item she then abandons.
+  a few random ones), sometimes carts an item she then abandons and, with
+  probability ``purchase_cascade_probability``, views/carts the purchased item
+  itself (the cascade). Without the cascade the purchase is a "buy now": the
+  item shows up in the log for the first time at its purchase unless it was
+  browsed in an earlier session, so the leave-one-out target is usually *not*
+  in the user's history and a copy rule cannot solve the task;
+  ``purchase_cascade_probability=1`` reproduces the legacy shop (before this
+  setting existed) byte for byte.
 
 Everything is drawn from numpy generators seeded by ``(seed, stream)``: the
 catalog stream does not depend on the user settings, so changing ``n_users``
@@ -106,8 +112,10 @@ class SyntheticConfig:
     min_views_per_purchase: int = 2  # other items of the category viewed in a session
     max_views_per_purchase: int = 6
     noise_views_per_purchase: float = 1.0  # Poisson mean of views of random items (any category)
-    purchase_view_probability: float = 0.8  # the purchased item is viewed in its session
-    purchase_cart_probability: float = 0.5  # the purchased item is carted in its session
+    purchase_cascade_probability: float = 0.1  # the purchased item has its view/cart cascade in its session
+    # (else bought without a view or cart of it in that session); 1.0 = the legacy shop, byte for byte
+    purchase_view_probability: float = 0.8  # with the cascade: the purchased item is viewed in its session
+    purchase_cart_probability: float = 0.5  # with the cascade: the purchased item is carted in its session
     abandoned_cart_probability: float = 0.15  # another viewed item of the category is carted
     visual_attributes_in_text: bool = False  # control: also name color and pattern in title and text
     start_timestamp: int = 1_700_000_000
@@ -136,7 +144,8 @@ class SyntheticConfig:
             raise ConfigError(f"views per purchase: expected 0 <= min ({self.min_views_per_purchase}) <= "
                               f"max ({self.max_views_per_purchase})")
         for key in ("visual_user_fraction", "textual_user_fraction", "complement_probability",
-                    "purchase_view_probability", "purchase_cart_probability", "abandoned_cart_probability"):
+                    "purchase_cascade_probability", "purchase_view_probability", "purchase_cart_probability",
+                    "abandoned_cart_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}: expected a probability in [0, 1], got {getattr(self, key)}")
         if self.visual_user_fraction + self.textual_user_fraction > 1.0:
@@ -254,13 +263,15 @@ def _assign_users(cfg: SyntheticConfig, rng: np.random.Generator) -> list[dict[s
 
 
 def _session_events(cfg: SyntheticConfig, rng: np.random.Generator, target: int, others: np.ndarray,
-                    browse_weight: np.ndarray, popularity: np.ndarray) -> list[tuple[int, str]]:
-    """The views and carts of one session before its purchase of ``target`` (the cascade).
+                    browse_weight: np.ndarray, popularity: np.ndarray) -> list[tuple[int, str, bool]]:
+    """The views and carts of one session before its purchase of ``target``.
 
     Other items of the category are browsed (weighted by ``browse_weight``), the
-    target is viewed and carted with the configured probabilities, random
-    popular items are viewed in between (never carted), and other browsed items
-    are carted and abandoned now and then.
+    target is viewed and carted with the configured probabilities (the cascade),
+    random popular items are viewed in between (never carted), and other browsed
+    items are carted and abandoned now and then. Each event is ``(item, behavior,
+    cascade)``: ``cascade`` marks the target's own view and cart, which the caller
+    leaves out of the log when the session has no cascade.
     """
     n_views = min(int(rng.integers(cfg.min_views_per_purchase, cfg.max_views_per_purchase + 1)), others.size)
     browsed = [(int(i), True) for i in rng.choice(others, size=n_views, replace=False,
@@ -271,19 +282,24 @@ def _session_events(cfg: SyntheticConfig, rng: np.random.Generator, target: int,
         noise = int(rng.choice(len(popularity), p=popularity / popularity.sum()))
         browsed.insert(int(rng.integers(len(browsed) + 1)), (noise, False))
     cart_target = rng.random() < cfg.purchase_cart_probability
-    events: list[tuple[int, str]] = []
+    events: list[tuple[int, str, bool]] = []
     for item, may_cart in browsed:
-        events.append((item, "view"))
+        cascade = may_cart and item == target
+        events.append((item, "view", cascade))
         if may_cart and (cart_target if item == target else rng.random() < cfg.abandoned_cart_probability):
-            events.append((item, "cart"))
+            events.append((item, "cart", cascade))
     if cart_target and (target, True) not in browsed:
-        events.append((target, "cart"))
+        events.append((target, "cart", True))
     return events
 
 
 def _simulate_users(cfg: SyntheticConfig, catalog: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Shopping sessions for every user (user stream); returns interactions and ground truth."""
     rng = np.random.default_rng([cfg.seed, 2])
+    # The cascade draws come from their own stream, and a session without the cascade still makes every draw
+    # of the user stream (its cascade events are drawn, then left out): the same seed gives the same users,
+    # purchases and browsing for every purchase_cascade_probability, and 1.0 gives the legacy shop exactly.
+    cascade_rng = np.random.default_rng([cfg.seed, 3])
     users = _assign_users(cfg, rng)
     n_items = len(catalog)
     category_of = catalog["category"].to_numpy()
@@ -294,7 +310,8 @@ def _simulate_users(cfg: SyntheticConfig, catalog: pd.DataFrame) -> tuple[pd.Dat
     width = max(4, len(str(cfg.n_users - 1)))
     rows: list[tuple[str, str, str, int]] = []
     item_ids = catalog["item_id"].tolist()
-    counts = {"purchases": 0, "preceded_by_same_item": 0, "purchase_transitions": 0, "complement_transitions": 0}
+    counts = {"purchases": 0, "preceded_by_same_item": 0, "purchase_transitions": 0, "complement_transitions": 0,
+              "with_cascade": 0}
     ground_users = {}
     for index, user in enumerate(tqdm(users, desc="synthetic shop: simulating users", unit="user")):
         user_id = f"u{index:0{width}d}"
@@ -322,12 +339,17 @@ def _simulate_users(cfg: SyntheticConfig, catalog: pd.DataFrame) -> tuple[pd.Dat
             category = str(category_of[target])
             others = items_of[category][items_of[category] != target]
             events = _session_events(cfg, rng, target, others, browse_weight, popularity)
+            with_cascade = cascade_rng.random() < cfg.purchase_cascade_probability  # always true for 1.0
+            events = [(i, b if with_cascade or not cascade else None) for i, b, cascade in events]
             counts["purchases"] += 1
-            counts["preceded_by_same_item"] += int(target in seen or any(i == target for i, _ in events))
+            counts["with_cascade"] += int(with_cascade)
+            counts["preceded_by_same_item"] += int(target in seen or any(i == target and b for i, b in events))
             events.append((target, "purchase"))
             clock += int(rng.integers(3_600, 5 * 86_400))  # gap between sessions
             for item, behavior in events:
                 clock += int(rng.integers(5, 600))  # gap between clicks within a session
+                if behavior is None:  # a cascade event of a session without the cascade: drawn, not logged
+                    continue
                 rows.append((user_id, item_ids[item], behavior, clock))
                 seen.add(item)
             purchased.add(target)
@@ -352,6 +374,7 @@ def _shop_statistics(interactions: pd.DataFrame, catalog: pd.DataFrame, counts: 
         "n_interactions": int(len(interactions)),
         "behaviors": {b: int(behavior_counts.get(b, 0)) for b in BEHAVIORS},
         "items_never_interacted": int((~catalog["item_id"].isin(interactions["item_id"])).sum()),
+        "purchases_with_cascade": counts["with_cascade"] / max(1, counts["purchases"]),
         "purchases_preceded_by_view_or_cart_of_same_item":
             counts["preceded_by_same_item"] / max(1, counts["purchases"]),
         "purchase_transitions_to_complement":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from llmrec.config import ConfigError, from_dict
 from llmrec.data.synthetic import COLORS, SyntheticConfig, complement_map, draw_item_image, ensure_shop, generate_shop
 
 SMALL = dict(n_users=40, n_items=32, image_size=32)
+LEGACY = dict(purchase_cascade_probability=1.0)  # the shop as generated before the setting existed
+# sha256 of interactions.csv of SyntheticConfig(**LEGACY), the same bytes the generator wrote before
+# purchase_cascade_probability existed (commit 12f4d5e); items.csv is unchanged by the setting.
+LEGACY_INTERACTIONS_SHA256 = "68830dab0ee1144a8d9ace6e152f4a11277353b425503f853ff7b0bdc5f84a09"
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +26,15 @@ def shop(tmp_path_factory):
     """The default-sized shop (300 users, 200 items), generated once for the module."""
     out = tmp_path_factory.mktemp("shop")
     interactions, catalog = generate_shop(SyntheticConfig(), out)
+    truth = json.loads((out / "ground_truth.json").read_text())
+    return out, interactions, catalog, truth
+
+
+@pytest.fixture(scope="module")
+def legacy_shop(tmp_path_factory):
+    """The legacy default shop (every purchase with its view/cart cascade), generated once for the module."""
+    out = tmp_path_factory.mktemp("legacy_shop")
+    interactions, catalog = generate_shop(SyntheticConfig(**LEGACY), out)
     truth = json.loads((out / "ground_truth.json").read_text())
     return out, interactions, catalog, truth
 
@@ -70,7 +84,9 @@ def test_schema_and_counts(shop):
     assert interactions["user_id"].nunique() == cfg.n_users
     assert set(interactions["item_id"]) <= set(catalog["item_id"])
     counts = interactions["behavior"].value_counts()
-    assert counts["view"] > counts["cart"] > counts["purchase"]
+    # most purchases are bought directly (purchase_cascade_probability=0.1): carts are mostly abandoned ones,
+    # fewer than purchases; with the legacy cascade view > cart > purchase (test below)
+    assert counts["view"] > counts["purchase"] > counts["cart"] > 0
     purchases = interactions[interactions["behavior"] == "purchase"].groupby("user_id").size()
     assert purchases.min() >= cfg.min_purchases and purchases.max() <= cfg.max_purchases
     # no item is bought twice by the same user
@@ -88,8 +104,8 @@ def test_timestamps_strictly_increase_per_user(shop):
     assert (steps > 0).all()
 
 
-def test_cascade_purchases_mostly_follow_view_or_cart_of_same_item(shop):
-    _, interactions, _, truth = shop
+def _preceded_rate(interactions) -> float:
+    """Share of purchases whose item appears earlier in the user's log."""
     preceded = total = 0
     for _, rows in interactions.groupby("user_id"):
         earlier: set[str] = set()
@@ -98,9 +114,67 @@ def test_cascade_purchases_mostly_follow_view_or_cart_of_same_item(shop):
                 total += 1
                 preceded += item in earlier
             earlier.add(item)
-    rate = preceded / total
+    return preceded / total
+
+
+def _test_targets_in_history(interactions) -> float:
+    """Share of users whose leave-one-out test target (the last purchase) appears earlier in their log."""
+    hits = []
+    for _, rows in interactions.groupby("user_id"):
+        bought = np.flatnonzero(rows["behavior"].to_numpy() == "purchase")
+        items = rows["item_id"].to_numpy()
+        hits.append(items[bought[-1]] in set(items[:bought[-1]]))
+    return float(np.mean(hits))
+
+
+def test_legacy_cascade_purchases_mostly_follow_view_or_cart_of_same_item(legacy_shop):
+    _, interactions, _, truth = legacy_shop
+    rate = _preceded_rate(interactions)
     assert rate >= 0.8
     assert rate == pytest.approx(truth["stats"]["purchases_preceded_by_view_or_cart_of_same_item"])
+    assert truth["stats"]["purchases_with_cascade"] == 1.0
+    counts = interactions["behavior"].value_counts()
+    assert counts["view"] > counts["cart"] > counts["purchase"]
+
+
+def test_legacy_setting_reproduces_the_old_shop_byte_for_byte(legacy_shop):
+    out, interactions, _, _ = legacy_shop
+    assert hashlib.sha256((out / "interactions.csv").read_bytes()).hexdigest() == LEGACY_INTERACTIONS_SHA256
+    # the copy task of issue 11: 278 of the 300 test targets were already in the history
+    assert _test_targets_in_history(interactions) == pytest.approx(278 / 300)
+
+
+def test_default_shop_is_not_a_copy_task(shop, legacy_shop):
+    _, interactions, _, truth = shop
+    rate = _preceded_rate(interactions)
+    assert rate == pytest.approx(truth["stats"]["purchases_preceded_by_view_or_cart_of_same_item"])
+    assert rate < 0.3  # legacy: 0.914
+    assert 0.05 < truth["stats"]["purchases_with_cascade"] < 0.15  # default probability 0.1
+    assert _test_targets_in_history(interactions) < 0.3  # legacy: 0.927; default: 0.237
+    # some purchases still follow their cascade: carts of the purchased item exist
+    legacy_interactions = legacy_shop[1]
+    assert 0 < (interactions["behavior"] == "cart").sum() < (legacy_interactions["behavior"] == "cart").sum()
+
+
+def test_cascade_setting_only_removes_the_cascade_events(shop, legacy_shop):
+    """Same users, purchases and browsing: the default shop is the legacy one minus the dropped cascades."""
+    _, interactions, catalog, truth = shop
+    _, legacy, legacy_catalog, legacy_truth = legacy_shop
+    assert truth["users"] == legacy_truth["users"]
+    pd.testing.assert_frame_equal(catalog.drop(columns="image"), legacy_catalog.drop(columns="image"))
+    key = ["user_id", "item_id", "behavior"]
+    purchases = lambda frame: frame.loc[frame["behavior"] == "purchase", key].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(purchases(interactions), purchases(legacy))
+    # every event of the new shop is an event of the legacy one (timestamps included)
+    merged = interactions.merge(legacy, on=[*key, "timestamp"], how="left", indicator=True)
+    assert (merged["_merge"] == "both").all()
+    # what was removed: only views and carts of items the user purchases in that session
+    removed = legacy.merge(interactions, on=[*key, "timestamp"], how="left", indicator=True)
+    removed = removed[removed["_merge"] == "left_only"]
+    assert len(removed) > 0 and set(removed["behavior"]) <= {"view", "cart"}
+    bought = set(zip(legacy.loc[legacy["behavior"] == "purchase", "user_id"],
+                     legacy.loc[legacy["behavior"] == "purchase", "item_id"]))
+    assert all((u, i) in bought for u, i in zip(removed["user_id"], removed["item_id"]))
 
 
 def _purchases_with_attributes(interactions, catalog):
@@ -208,6 +282,7 @@ def test_ensure_shop_reuses_or_regenerates(tmp_path):
     ({"min_purchases": 2}, "min_purchases"), ({"max_purchases": 2}, "max_purchases"),
     ({"visual_user_fraction": 0.7, "textual_user_fraction": 0.5}, "visual_user_fraction"),
     ({"purchase_cart_probability": 1.5}, "purchase_cart_probability"), ({"image_size": 4}, "image_size"),
+    ({"purchase_cascade_probability": -0.1}, "purchase_cascade_probability"),
     ({"n_items": 3}, "n_items"), ({"preference_strength": -1.0}, "preference_strength"),
 ])
 def test_nonsense_configs_are_rejected_naming_the_key(overrides, key):
