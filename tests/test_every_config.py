@@ -50,7 +50,8 @@ def _load_pipeline(path):
     return load_config(PipelineConfig, path)
 
 
-LOADERS = {"data": _load_data, "encode": _load_encode, "graph": _load_graph, "infer": _load_infer}
+LOADERS = {"data": _load_data, "encode": _load_encode, "graph": _load_graph, "infer": _load_infer,
+           "ablations": _load_recipe, "baselines": _load_recipe}
 YAML_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate")
 
 
@@ -81,10 +82,39 @@ def test_paths_named_inside_configs_exist(monkeypatch):
 
     pipeline = load_config(PipelineConfig, CONFIGS / "quickstart.yaml")
     named = [pipeline.recipe, *pipeline.baselines]
-    for recipe in CONFIGS.glob("tmf_*.yaml"):
+    for recipe in [*CONFIGS.glob("tmf_*.yaml"), *CONFIGS.glob("ablations/*.yaml"), *CONFIGS.glob("baselines/*.yaml")]:
         cfg = _load_recipe(recipe)
         named += [p for p in (cfg.data_config, cfg.encode_config, cfg.graph_config) if p]
     for graph in (CONFIGS / "graph").glob("*.yaml"):
         named.append(_load_graph(graph).data)
     missing = sorted({p for p in named if not (ROOT / p).is_file()})
     assert not missing, f"configs name files that do not exist: {missing}"
+
+
+def _flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+# Each TMF Table 3 row / baseline differs from full TMF only in what makes it that row (and its output folder).
+ROW_CHANGES = {
+    "ablations/text_only_shop.yaml": {"curriculum.fixed_task": "easy", "eval.task": "easy"},
+    "ablations/behavior_tokens_shop.yaml": {"curriculum.tasks": ["easy", "medium"]},
+    "ablations/item_tokens_amsa_shop.yaml": {"model.fusion.use_cma": False},
+    "ablations/no_curriculum_shop.yaml": {"curriculum.fixed_task": "hard"},
+    "baselines/llara_shop.yaml": {"graph_config": "configs/graph/sasrec_shop.yaml", "model.fusion.enabled": False,
+                                  "curriculum.tasks": ["easy", "hard"], "prompts.behavior_slots": False},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_CHANGES))
+def test_ablation_rows_change_only_their_own_keys(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    from llmrec.config import to_dict
+
+    full = _flat(to_dict(_load_recipe(CONFIGS / "ablations/tmf_full_shop.yaml")))
+    row = _flat(to_dict(_load_recipe(CONFIGS / name)))
+    changed = {k: v for k, v in row.items() if full[k] != v and k != "output_dir"}
+    assert changed == ROW_CHANGES[name]
+    assert row["output_dir"] != full["output_dir"]
