@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 from llmrec.config import ConfigError  # noqa: E402
 from llmrec.data import load_data_config, prepare  # noqa: E402
-from llmrec.metrics import candidate_ranking_metrics, target_ranks  # noqa: E402
+from llmrec.metrics import bootstrap_interval, candidate_ranking_metrics, target_ranks  # noqa: E402
 
 KS = (1, 3)
 
@@ -62,13 +62,6 @@ def lexicographic_scores(*keys: np.ndarray) -> np.ndarray:
         order = np.lexsort(tuple(-k[row] for k in reversed(keys)))  # best first
         scores[row, order] = np.arange(c, 0, -1, dtype=float)
     return scores
-
-
-def bootstrap_interval(hits: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of ``hits`` (rows resampled with replacement)."""
-    rng = np.random.default_rng(seed)
-    means = hits[rng.integers(0, hits.size, size=(n_boot, hits.size))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def training_popularity(dataset) -> np.ndarray:

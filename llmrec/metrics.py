@@ -250,3 +250,33 @@ def generative_metrics(generations: Sequence[str], candidates: Sequence[Sequence
     total = len(generations)
     return {"HitRate@1": n_correct / total, "HitRate@1_valid": n_correct / n_valid if n_valid else 0.0,
             "ValidRatio": n_valid / total, "n_total": total, "n_valid": n_valid, "n_correct": n_correct}
+
+
+# ----------------------------------------------------------------------------- noise
+def bootstrap_interval(values: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of per-user ``values`` (users resampled with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"bootstrap_interval: expected a non-empty 1-D array of per-user values, got {values.shape}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
+def paired_comparison(a: Any, b: Any, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """``mean(b) - mean(a)`` on the same users, its 95% paired-bootstrap interval and a two-sided sign-flip
+    permutation p-value (each user's difference negated at random, ``n_boot`` times; exact for 0/1 hits up
+    to Monte-Carlo error)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_comparison: expected two equal-length 1-D arrays (same users), got {a.shape} and "
+                         f"{b.shape}")
+    diff = b - a
+    low, high = bootstrap_interval(diff, n_boot, seed)
+    rng = np.random.default_rng([seed, 1])
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_boot, diff.size))
+    null = np.abs((signs * diff).mean(axis=1))
+    p_value = (1 + int((null >= abs(diff.mean()) - 1e-12).sum())) / (n_boot + 1)
+    return {"difference": float(diff.mean()), "ci_low": low, "ci_high": high, "p_value": p_value,
+            "n_users": int(diff.size), "b_better": int((diff > 0).sum()), "a_better": int((diff < 0).sum())}

@@ -176,3 +176,34 @@ def test_generative_metrics_input_errors():
         generative_metrics(["a"], [NESTED, NESTED], [0])
     with pytest.raises(ValueError, match="row 0 has target 9"):
         generative_metrics(["a"], [NESTED], [9])
+
+
+# ---- noise: bootstrap intervals and paired comparisons ------------------------------------------------
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_users():
+    from llmrec.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    small, large = rng.random(50) < 0.6, rng.random(5000) < 0.6
+    lo_s, hi_s = bootstrap_interval(small, 2000, seed=1)
+    lo_l, hi_l = bootstrap_interval(large, 2000, seed=1)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 5  # ~ 1/sqrt(n): 10x the users, ~3x-10x narrower
+    assert abs((hi_l - lo_l) - 2 * 1.96 * np.sqrt(0.24 / 5000)) < 0.005  # the normal approximation
+    assert bootstrap_interval(small, 2000, seed=1) == (lo_s, hi_s)  # seeded
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        bootstrap_interval([], 10)
+
+
+def test_paired_comparison_detects_a_real_gain_and_not_a_null_one():
+    from llmrec.metrics import paired_comparison
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.5).astype(float)
+    better = np.maximum(a, rng.random(400) < 0.15)  # b = a plus hits on ~15% of a's misses
+    gain = paired_comparison(a, better, 2000, seed=0)
+    assert gain["difference"] == pytest.approx(better.mean() - a.mean())
+    assert gain["ci_low"] > 0 and gain["p_value"] < 0.01 and gain["a_better"] == 0
+    shuffled = paired_comparison(a, rng.permutation(a), 2000, seed=0)  # same rate, no real difference
+    assert shuffled["ci_low"] < 0 < shuffled["ci_high"] and shuffled["p_value"] > 0.05
+    with pytest.raises(ValueError, match="same users"):
+        paired_comparison(a, a[:10])
