@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from llmrec.config import ConfigError  # noqa: E402
-from llmrec.data import load_data_config, prepare  # noqa: E402
+from llmrec.data import load_candidates, load_data_config, prepare  # noqa: E402
 from llmrec.metrics import bootstrap_interval, candidate_ranking_metrics, target_ranks  # noqa: E402
 
 KS = (1, 3)
@@ -156,6 +156,30 @@ def read_predictions(path: Path, dataset, samples, items: np.ndarray, target_ind
     return scores
 
 
+def rule_rows(dataset, samples, items: np.ndarray, target_index: np.ndarray) -> tuple[dict[str, np.ndarray], float,
+                                                                                  dict | None, list[str] | None]:
+    """``(scores [n, C] per rule row, share of targets in the history, planted truth, planted user type per row)``;
+    the diagnostic rows and types only where the dataset is the synthetic shop with its ground truth."""
+    popularity = training_popularity(dataset)[items].astype(float)
+    seen, strongest, last = history_features(samples, items)
+    rows: dict[str, np.ndarray] = {
+        "popular": lexicographic_scores(popularity),
+        "seen in history": lexicographic_scores(seen, strongest, last, popularity),
+    }
+    has_category = "category" in dataset.catalog.columns and dataset.catalog["category"].astype(str).ne("").any()
+    if has_category:
+        same_session = session_category(dataset, samples, items)
+        rows["session category"] = lexicographic_scores(same_session, popularity)
+    truth = planted_truth(dataset) if has_category else None
+    kinds = None
+    if truth is not None:
+        matches, kinds = planted_features(dataset, samples, items, truth)
+        rows["planted preference (diagnostic)"] = lexicographic_scores(matches, popularity)
+        rows["session category + preference (diagnostic)"] = lexicographic_scores(same_session, matches, popularity)
+    target_in_history = float(seen[np.arange(items.shape[0]), target_index].mean())
+    return rows, target_in_history, truth, kinds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-config", default="configs/data/shop.yaml")
@@ -174,34 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     dataset = prepare(cfg)
     sampler, size, seed = args.candidates.split(":")
-    cands = dataset.candidates(args.split, sampler=sampler, size=int(size), seed=int(seed))
+    cands = load_candidates(dataset, args.split, sampler=sampler, size=int(size), seed=int(seed))
     samples = dataset.samples[args.split]
     items, target_index = np.asarray(cands.items), np.asarray(cands.target_index)
     n, c = items.shape
 
-    popularity = training_popularity(dataset)[items].astype(float)
-    seen, strongest, last = history_features(samples, items)
-    rows: dict[str, np.ndarray] = {
-        "popular": lexicographic_scores(popularity),
-        "seen in history": lexicographic_scores(seen, strongest, last, popularity),
-    }
-    has_category = "category" in dataset.catalog.columns and dataset.catalog["category"].astype(str).ne("").any()
-    if has_category:
-        same_session = session_category(dataset, samples, items)
-        rows["session category"] = lexicographic_scores(same_session, popularity)
-    truth = planted_truth(dataset) if has_category else None
-    kinds = None
-    if truth is not None:
-        matches, kinds = planted_features(dataset, samples, items, truth)
-        rows["planted preference (diagnostic)"] = lexicographic_scores(matches, popularity)
-        rows["session category + preference (diagnostic)"] = lexicographic_scores(same_session, matches, popularity)
+    rows, target_in_history, truth, kinds = rule_rows(dataset, samples, items, target_index)
     for spec in args.predictions:
         name, _, file = spec.partition("=")
         if not file:
             parser.error(f"--predictions: expected NAME=FILE, got {spec!r}")
         rows[name] = read_predictions(Path(file), dataset, samples, items, target_index)
 
-    target_in_history = float(seen[np.arange(n), target_index].mean())
     results = {}
     for name, scores in rows.items():
         hits = (target_ranks(scores, target_index) == 1).astype(float)
