@@ -1,0 +1,271 @@
+"""The shop experiment (issue 11): TMF Table 3's rows, LLaRA, the conventional models and rule rows, every row
+scored on the same test users and the same frozen candidate sets.
+
+    python bench/shop_experiment.py [--train] [--rows NAME ...] [--generate-users 100] [--out bench/out/shop_experiment]
+    make experiment                    # the same with --train: trains the missing rows first (hours on a CPU)
+
+Rows (configs, one per row; each differs from full TMF only in its own keys, tests/test_every_config.py):
+
+* LLM rows: ``configs/ablations/*_shop.yaml`` and ``configs/baselines/llara_shop.yaml``. A row counts once its
+  run reached ``max_steps`` (``--train`` runs ``train.py --config ... [--resume auto]`` for the others, one after
+  the other). Each finished row is scored with its last checkpoint on every test user: candidate ranking by
+  answer log-likelihood (HR@1, HR@3, NDCG@3), free greedy generation and constrained generation on a seeded
+  subset of ``--generate-users`` (HitRate@1 as correct/total and correct/valid, ValidRatio);
+* conventional rows: MBHT and SASRec trained on the recipes' own split (``llmrec.pipeline.stages.ensure_graph_run``,
+  the very runs that give the LLM rows their graph tables), their per-row predictions on the same candidates;
+* rule rows (``bench/rule_rows.py``): most popular, seen in history, session category, and the planted-truth
+  diagnostics of the synthetic shop.
+
+Noise: 95% percentile-bootstrap intervals over users for HR@1 (2,000 resamples, seed 0) and paired comparisons
+(difference, paired-bootstrap interval, sign-flip p-value) between neighbouring ablation rows and between full
+TMF and the other rows, on the same users. Learning curves (validation HR@1 against steps and wall time) of the
+LLM rows come from their ``metrics.jsonl``.
+
+Writes ``shop_experiment.json``, ``shop_experiment.md``, ``shop_experiment.png`` (HR@1 with intervals) and
+``learning_curves.png`` into ``--out``; prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from rule_rows import rule_rows  # bench/ is on sys.path when a script there runs
+
+from graph_encoders.predictions import predictions_path
+from llmrec.config import load_config
+from llmrec.data.candidates import load_candidates
+from llmrec.eval.infer import InferConfig, run_inference
+from llmrec.eval.report import evaluate_predictions, read_predictions
+from llmrec.metrics import bootstrap_interval, paired_comparison, target_ranks
+from llmrec.pipeline.stages import ensure_graph_run, ensure_inputs
+from llmrec.train.checkpoint import latest_checkpoint, load_trainer_state
+from llmrec.train.config import load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench.shop_experiment")
+
+LLM_ROWS = {  # name -> recipe; the first four are TMF Table 3 in order
+    "text-only LLM": "configs/ablations/text_only_shop.yaml",
+    "+ behavior tokens": "configs/ablations/behavior_tokens_shop.yaml",
+    "+ item tokens (AMSA)": "configs/ablations/item_tokens_amsa_shop.yaml",
+    "full TMF (AMSA + CMA)": "configs/ablations/tmf_full_shop.yaml",
+    "full TMF, no curriculum": "configs/ablations/no_curriculum_shop.yaml",
+    "LLaRA": "configs/baselines/llara_shop.yaml",
+}
+TABLE3 = list(LLM_ROWS)[:4]
+FULL = "full TMF (AMSA + CMA)"
+CONVENTIONAL = {"MBHT": "configs/graph/mbht_shop.yaml", "SASRec": "configs/graph/sasrec_shop.yaml"}
+SPLIT, PROTOCOL, N_BOOT = "test", "uni10", 2000
+RULES_COMPARED = ("popular", "seen in history", "session category")  # rules a model must beat
+
+
+def finished_checkpoint(recipe: str) -> Path | None:
+    """The run's last checkpoint if it reached ``max_steps``, else None."""
+    cfg = load_train_config(ROOT / recipe)
+    last = latest_checkpoint(ROOT / cfg.output_dir)
+    if last is None or cfg.max_steps is None or load_trainer_state(last)["step"] < cfg.max_steps:
+        return None
+    return last
+
+
+def train_row(recipe: str) -> None:
+    """Train (or continue) one row in a child process, exactly as its header comment launches it."""
+    cfg = load_train_config(ROOT / recipe)
+    resume = ["--resume", "auto"] if latest_checkpoint(ROOT / cfg.output_dir) is not None else []
+    command = [sys.executable, "train.py", "--config", recipe, *resume]
+    log.info("training %s: %s", recipe, " ".join(command))
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def llm_predictions(name: str, recipe: str, checkpoint: Path, out: Path, generate_users: int) -> dict[str, Path]:
+    """Rank every test user; free and constrained generation for a seeded subset (cached by checkpoint)."""
+    dataset, tables = ensure_inputs(load_train_config(ROOT / recipe))
+    slug = Path(recipe).stem
+    runs = {"rank": ["mode=rank", "n_users=null"],
+            "generate": ["mode=generate", f"n_users={generate_users}"],
+            "constrained": ["mode=generate", f"n_users={generate_users}", "generation.constrained=true"]}
+    files = {}
+    for kind, overrides in runs.items():
+        path = out / "predictions" / f"{slug}-{kind}.jsonl"
+        meta = path.with_name(path.name + ".meta.json")
+        if not (meta.is_file() and json.loads(meta.read_text())["checkpoint"] == str(checkpoint)):
+            log.info("%s: %s predictions with %s", name, kind, checkpoint)
+            cfg = load_config(InferConfig, None, [f"checkpoint={checkpoint}", f"split={SPLIT}", "precision=auto",
+                                                  f"output={path}", *overrides])
+            run_inference(cfg, dataset, tables)
+        files[kind] = path
+    return files
+
+
+def hits_of(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Per-user 0/1 HitRate@1 of a ranking predictions file, in the order of split ``rows``."""
+    records = {r["row"]: r for r in read_predictions(path).records}
+    return np.array([float(int(np.argmax(records[r]["scores"])) == records[r]["target_index"]) for r in rows])
+
+
+def learning_curve(recipe: str) -> list[dict]:
+    cfg = load_train_config(ROOT / recipe)
+    path = ROOT / cfg.output_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    curve, wall = [], 0.0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        wall += record["seconds"]
+        if record.get("eval"):
+            curve.append({"step": record["step"], "train_seconds": wall, "HR@1": record["eval"]["HR@1"]})
+    return curve
+
+
+def plot(results: dict, curves: dict, out: Path) -> None:
+    names = list(results["rows"])
+    fig = Figure(figsize=(max(7.0, 0.7 * len(names) + 2), 4.2))
+    ax = fig.subplots()
+    values = [results["rows"][n]["HR@1"] for n in names]
+    errors = np.array([[v - results["rows"][n]["HR@1_ci95"][0], results["rows"][n]["HR@1_ci95"][1] - v]
+                       for n, v in zip(names, values)]).T
+    colors = ["#fc8d62" if n in LLM_ROWS else "#8da0cb" if n in CONVENTIONAL else "#cccccc" for n in names]
+    ax.bar(range(len(names)), values, yerr=errors, capsize=3, color=colors)
+    ax.axhline(1 / results["n_candidates"], color="black", linestyle=":", linewidth=1, label="chance")
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("HitRate@1 (ranking), 95% CI")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Synthetic shop, {results['n_users']} test users, same frozen candidates")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "shop_experiment.png", dpi=120)
+
+    fig = Figure(figsize=(10, 3.8))
+    by_step, by_time = fig.subplots(1, 2)
+    for name, curve in curves.items():
+        if curve:
+            by_step.plot([c["step"] for c in curve], [c["HR@1"] for c in curve], marker="o", label=name)
+            by_time.plot([c["train_seconds"] / 60 for c in curve], [c["HR@1"] for c in curve], marker="o", label=name)
+    for ax, label in ((by_step, "optimizer step"), (by_time, "training minutes (validation excluded)")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation HR@1 (64 users)")
+        ax.set_ylim(0, 1)
+    by_step.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=120)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Synthetic shop (`configs/data/shop.yaml`, `max_history=20`: the recipes' split, fingerprint "
+             f"{results['fingerprint'][:12]}), {results['n_users']} test users x {results['n_candidates']} frozen "
+             f"candidates; generation on a seeded subset of {results['generate_users']} users. "
+             f"HR@1 with a 95% bootstrap interval over users ({N_BOOT} resamples).", "",
+             "| row | HR@1 (rank) | 95% CI | HR@3 | NDCG@3 | gen HR@1 | gen HR@1 (valid) | ValidRatio | "
+             "constrained HR@1 | steps | train min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in results["rows"].items():
+        low, high = row["HR@1_ci95"]
+        gen = row.get("generate", {})
+        con = row.get("constrained", {})
+        cells = [f"{row['HR@1']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{row['HR@3']:.3f}", f"{row['NDCG@3']:.3f}",
+                 f"{gen['HitRate@1']:.3f}" if gen else "—", f"{gen['HitRate@1_valid']:.3f}" if gen else "—",
+                 f"{gen['ValidRatio']:.3f}" if gen else "—", f"{con['HitRate@1']:.3f}" if con else "—",
+                 str(row.get("steps", "—")), f"{row['train_minutes']:.0f}" if "train_minutes" in row else "—"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results["not_run"]:
+        lines += ["", "Not trained yet (no finished run): " + ", ".join(results["not_run"]) + "."]
+    if results["paired"]:
+        lines += ["", "Paired comparisons of ranking HR@1 on the same users (b - a):", "",
+                  "| a | b | difference | 95% CI | p (sign-flip) | users b better / a better |", "|---|---|---|---|---|---|"]
+        for p in results["paired"]:
+            lines.append(f"| {p['a']} | {p['b']} | {p['difference']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
+                         f"{p['p_value']:.4f} | {p['b_better']} / {p['a_better']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", action="store_true", help="train the rows whose run has not reached max_steps")
+    parser.add_argument("--rows", nargs="*", default=list(LLM_ROWS), choices=list(LLM_ROWS), metavar="NAME")
+    parser.add_argument("--generate-users", type=int, default=100)
+    parser.add_argument("--out", default="bench/out/shop_experiment")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    reference_cfg = load_train_config(ROOT / LLM_ROWS[FULL])
+    dataset, _ = ensure_inputs(reference_cfg)
+    cands = load_candidates(dataset, SPLIT, sampler="uniform", size=10, seed=0)
+    items, target_index = np.asarray(cands.items), np.asarray(cands.target_index)
+    rows_of_split = np.arange(items.shape[0])
+
+    scores = {}  # name -> ranking predictions file or rule scores
+    extra: dict[str, dict] = {}
+    not_run = []
+    for name in args.rows:
+        recipe = LLM_ROWS[name]
+        checkpoint = finished_checkpoint(recipe)
+        if checkpoint is None and args.train:
+            train_row(recipe)
+            checkpoint = finished_checkpoint(recipe)
+        if checkpoint is None:
+            not_run.append(name)
+            continue
+        files = llm_predictions(name, recipe, checkpoint, out, args.generate_users)
+        curve = learning_curve(recipe)
+        state = load_trainer_state(checkpoint)
+        extra[name] = {"recipe": recipe, "checkpoint": str(checkpoint), "steps": state["step"],
+                       "epochs": state["step"] / state["steps_per_epoch"],
+                       "train_minutes": sum(json.loads(line)["seconds"] for line in
+                                            (checkpoint.parents[1] / "metrics.jsonl").read_text().splitlines()) / 60,
+                       "generate": evaluate_predictions(read_predictions(files["generate"])),
+                       "constrained": evaluate_predictions(read_predictions(files["constrained"])),
+                       "validation_curve": curve}
+        scores[name] = files["rank"]
+    for name, config in CONVENTIONAL.items():
+        run_dir = ensure_graph_run(ROOT / config, dataset, predictions=((SPLIT, PROTOCOL),))
+        scores[name] = predictions_path(run_dir, SPLIT, PROTOCOL)
+        extra[name] = {"config": config, "run": str(run_dir)}
+    rules, in_history, _, _ = rule_rows(dataset, dataset.samples[SPLIT], items, target_index)
+
+    per_user: dict[str, np.ndarray] = {}
+    results_rows: dict[str, dict] = {}
+    for name, source in [*scores.items(), *rules.items()]:
+        if isinstance(source, Path):
+            per_user[name] = hits_of(source, rows_of_split)
+            metrics = evaluate_predictions(read_predictions(source), ks=(1, 3))
+        else:
+            per_user[name] = (target_ranks(source, target_index) == 1).astype(float)
+            ranks = target_ranks(source, target_index)
+            metrics = {"HR@1": float((ranks <= 1).mean()), "HR@3": float((ranks <= 3).mean()),
+                       "NDCG@3": float(np.where(ranks <= 3, 1 / np.log2(ranks + 1), 0).mean())}
+        assert abs(per_user[name].mean() - metrics["HR@1"]) < 1e-9, name  # one set of users, one metric
+        results_rows[name] = {"HR@1": metrics["HR@1"], "HR@1_ci95": list(bootstrap_interval(per_user[name], N_BOOT)),
+                              "HR@3": metrics["HR@3"], "NDCG@3": metrics["NDCG@3"], **extra.get(name, {})}
+    pairs = [(a, b) for a, b in zip(TABLE3, TABLE3[1:])]  # neighbouring Table 3 rows
+    pairs += [(other, FULL) for other in ("full TMF, no curriculum", "LLaRA", *CONVENTIONAL, *RULES_COMPARED)]
+    pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
+    paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]
+
+    results = {"dataset": dataset.name, "fingerprint": dataset.fingerprint, "split": SPLIT,
+               "n_users": int(items.shape[0]), "n_candidates": int(items.shape[1]), "candidate_file": str(cands.path),
+               "generate_users": args.generate_users, "targets_in_history": in_history, "rows": results_rows,
+               "paired": paired, "not_run": not_run, "cpu": platform.processor() or platform.machine(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "seconds": time.perf_counter() - started}
+    (out / "shop_experiment.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    table = markdown(results)
+    (out / "shop_experiment.md").write_text(table, encoding="utf-8")
+    plot(results, {n: extra[n]["validation_curve"] for n in extra if "validation_curve" in extra[n]}, out)
+    print(table, end="")
+    print(f"written: {out}/shop_experiment.{{json,md,png}}, {out}/learning_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
