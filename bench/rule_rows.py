@@ -27,7 +27,8 @@ percentile-bootstrap interval over users, HR@3 and NDCG@3):
   ``target``, ``scores``; what ``llmrec fit-graph`` and ``infer.py mode=rank`` write), checked to hold
   the same users, candidates and targets, scored the same way.
 
-Imports only ``llmrec.data``, ``llmrec.config`` and ``llmrec.metrics``. Writes ``rule_rows.json``
+The generic rules are ``llmrec.eval.rules`` (the ``llmrec pipeline`` report shows them too); this script
+adds the planted-truth diagnostics, bootstrap intervals and model rows. Writes ``rule_rows.json``
 and ``rule_rows.md`` into ``--out`` and prints the markdown table.
 """
 
@@ -46,44 +47,11 @@ if str(ROOT) not in sys.path:
 
 from llmrec.config import ConfigError  # noqa: E402
 from llmrec.data import load_candidates, load_data_config, prepare  # noqa: E402
+from llmrec.eval.rules import (has_categories, history_features, lexicographic_scores, rule_scores,  # noqa: E402
+                               session_category, training_popularity)
 from llmrec.metrics import bootstrap_interval, candidate_ranking_metrics, target_ranks  # noqa: E402
 
 KS = (1, 3)
-
-
-def lexicographic_scores(*keys: np.ndarray) -> np.ndarray:
-    """Scores ordering each row's candidates by ``keys`` (first key most significant; higher is better).
-
-    Remaining ties are broken by the lower internal item index (``keys`` may not tie then).
-    """
-    n, c = keys[0].shape
-    scores = np.zeros((n, c))
-    for row in range(n):
-        order = np.lexsort(tuple(-k[row] for k in reversed(keys)))  # best first
-        scores[row, order] = np.arange(c, 0, -1, dtype=float)
-    return scores
-
-
-def training_popularity(dataset) -> np.ndarray:
-    """Interactions of every behavior per item in each user's sequence before the validation target."""
-    counts = np.zeros(dataset.n_items, dtype=np.int64)
-    for seq in dataset.sequences:
-        np.add.at(counts, seq.items[:seq.valid_pos], 1)
-    return counts
-
-
-def history_features(samples, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per candidate: in the history (0/1), strongest behavior there (-1: absent), last position (-1: absent)."""
-    n, c = items.shape
-    seen, strongest, last = np.zeros((n, c)), np.full((n, c), -1.0), np.full((n, c), -1.0)
-    for row in range(n):
-        history, behaviors = samples[row]["history_items"], samples[row]["history_behaviors"]
-        for pos, (item, behavior) in enumerate(zip(history, behaviors)):
-            hit = items[row] == item
-            seen[row, hit] = 1.0
-            strongest[row, hit] = np.maximum(strongest[row, hit], behavior)
-            last[row, hit] = pos
-    return seen, strongest, last
 
 
 def planted_truth(dataset) -> dict | None:
@@ -92,22 +60,6 @@ def planted_truth(dataset) -> dict | None:
         return None
     path = Path(str(dataset.catalog["image"].iloc[0])).parent.parent / "ground_truth.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def session_category(dataset, samples, items: np.ndarray) -> np.ndarray:
-    """Per candidate: 1 if its category is the current session's (most frequent after the last target behavior)."""
-    category = dataset.catalog["category"].astype(str).to_numpy()
-    target_behavior = dataset.target_behavior_index
-    same = np.zeros(items.shape)
-    for row in range(items.shape[0]):
-        history = np.asarray(samples[row]["history_items"], dtype=np.int64)
-        behaviors = np.asarray(samples[row]["history_behaviors"], dtype=np.int64)
-        bought = np.flatnonzero(behaviors == target_behavior)
-        session = history[bought[-1] + 1:] if bought.size else history
-        if session.size:
-            values, counts = np.unique(category[session], return_counts=True)  # ties: the first value in order
-            same[row] = category[items[row]] == values[np.argmax(counts)]
-    return same
 
 
 def planted_features(dataset, samples, items: np.ndarray, truth: dict) -> tuple[np.ndarray, list[str]]:
@@ -156,24 +108,19 @@ def read_predictions(path: Path, dataset, samples, items: np.ndarray, target_ind
     return scores
 
 
-def rule_rows(dataset, samples, items: np.ndarray, target_index: np.ndarray) -> tuple[dict[str, np.ndarray], float,
+def rule_rows(dataset, split: str, items: np.ndarray, target_index: np.ndarray) -> tuple[dict[str, np.ndarray], float,
                                                                                   dict | None, list[str] | None]:
     """``(scores [n, C] per rule row, share of targets in the history, planted truth, planted user type per row)``;
     the diagnostic rows and types only where the dataset is the synthetic shop with its ground truth."""
+    samples = dataset.samples[split]
+    rows = rule_scores(dataset, split, items)
     popularity = training_popularity(dataset)[items].astype(float)
-    seen, strongest, last = history_features(samples, items)
-    rows: dict[str, np.ndarray] = {
-        "popular": lexicographic_scores(popularity),
-        "seen in history": lexicographic_scores(seen, strongest, last, popularity),
-    }
-    has_category = "category" in dataset.catalog.columns and dataset.catalog["category"].astype(str).ne("").any()
-    if has_category:
-        same_session = session_category(dataset, samples, items)
-        rows["session category"] = lexicographic_scores(same_session, popularity)
-    truth = planted_truth(dataset) if has_category else None
+    seen, _, _ = history_features(samples, items)
+    truth = planted_truth(dataset) if has_categories(dataset) else None
     kinds = None
     if truth is not None:
         matches, kinds = planted_features(dataset, samples, items, truth)
+        same_session = session_category(dataset, samples, items)
         rows["planted preference (diagnostic)"] = lexicographic_scores(matches, popularity)
         rows["session category + preference (diagnostic)"] = lexicographic_scores(same_session, matches, popularity)
     target_in_history = float(seen[np.arange(items.shape[0]), target_index].mean())
@@ -203,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     items, target_index = np.asarray(cands.items), np.asarray(cands.target_index)
     n, c = items.shape
 
-    rows, target_in_history, truth, kinds = rule_rows(dataset, samples, items, target_index)
+    rows, target_in_history, truth, kinds = rule_rows(dataset, args.split, items, target_index)
     for spec in args.predictions:
         name, _, file = spec.partition("=")
         if not file:

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = ensure_graph_run(ROOT / config, dataset, predictions=((SPLIT, PROTOCOL),))
         scores[name] = predictions_path(run_dir, SPLIT, PROTOCOL)
         extra[name] = {"config": config, "run": str(run_dir)}
-    rules, in_history, _, _ = rule_rows(dataset, dataset.samples[SPLIT], items, target_index)
+    rules, in_history, _, _ = rule_rows(dataset, SPLIT, items, target_index)
 
     per_user: dict[str, np.ndarray] = {}
     results_rows: dict[str, dict] = {}

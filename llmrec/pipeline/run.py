@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from graph_encoders.cli import FitGraphConfig
 from graph_encoders.predictions import MAX_PREDICTION_CANDIDATES, predictions_path
 from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_or_exit, setup_logging
@@ -36,7 +38,9 @@ from llmrec.config import ConfigError, load_config, save_config
 from llmrec.data.stats import format_stats
 from llmrec.eval.infer import InferConfig, run_inference
 from llmrec.eval.report import PredictionsError, bar_chart, evaluate_files, markdown_table, read_predictions
+from llmrec.eval.rules import rule_scores
 from llmrec.io import write_json, write_jsonl, write_text
+from llmrec.metrics import target_ranks
 from llmrec.pipeline.stages import ensure_graph_run, ensure_inputs
 from llmrec.train.checkpoint import load_trainer_state
 from llmrec.train.config import evaluation_task, load_train_config
@@ -150,6 +154,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         for name in ranked_files}
     rows["TMF"].update({"HitRate@1 (generate)": runs["TMF (generate)"]["HitRate@1"],
                         "ValidRatio (generate)": runs["TMF (generate)"]["ValidRatio"]})
+    rows.update(rule_rows(dataset, cfg.split, ranked))
     rows["chance"] = {"HitRate@1 (rank)": 1 / n_candidates, "HR@3 (rank)": min(1.0, 3 / n_candidates),
                       "HitRate@1 (generate)": 1 / n_candidates}
     report = {
@@ -178,11 +183,29 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     return report
 
 
+def rule_rows(dataset: Any, split: str, ranked: Path) -> dict[str, dict[str, float]]:
+    """The rule rows (``llmrec.eval.rules``) on the very users and candidates of the ranked predictions file."""
+    records = read_predictions(ranked).records
+    by_id = {item_id: k for k, item_id in enumerate(dataset.item_ids)}
+    items = np.array([[by_id[c["item_id"]] for c in r["candidates"]] for r in records], dtype=np.int64)
+    target = np.array([r["target_index"] for r in records], dtype=np.int64)
+    rows = np.array([r["row"] for r in records], dtype=np.int64)
+    full = np.full((len(dataset.samples[split]), items.shape[1]), -1, dtype=np.int64)
+    full[rows] = items  # the rules read each row's history from the split
+    out = {}
+    for name, scores in rule_scores(dataset, split, np.where(full >= 0, full, 0)).items():
+        ranks = target_ranks(scores[rows], target)
+        out[f"rule: {name}"] = {"HitRate@1 (rank)": float((ranks <= 1).mean()), "HR@3 (rank)": float((ranks <= 3).mean())}
+    return out
+
+
 def report_notes(report: dict[str, Any]) -> str:
     """What the table shows: rows, users, how long each LLM trained, chance, and where the real results are."""
     lines = [f"Ranking: every row on the same {report['n_users_ranked']} {report['split']} users and frozen "
              f"{report['n_candidates']}-candidate sets; generation (greedy, parsed): {report['n_users_generated']} "
-             f"users. chance = a random pick among the {report['n_candidates']} candidates."]
+             f"users. chance = a random pick among the {report['n_candidates']} candidates; rule rows "
+             f"(llmrec/eval/rules.py): the most popular candidate, a candidate seen in the history, a candidate of "
+             f"the current session's category (where items have categories)."]
     for name, t in report["llm_training"].items():
         lines.append(f"{name}: fine-tuned {t['steps']} optimizer steps, {t['samples']} prompts = {t['epochs']:.2f} "
                      f"epoch of the training split ({t['curriculum']}; evaluated on the {t['task']} task).")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import yaml
 
 from llmrec.config import load_config, save_config
+from llmrec.data import load_data_config, prepare
 from llmrec.eval.report import evaluate_predictions, read_predictions
+from llmrec.eval.rules import training_popularity
 from llmrec.pipeline.run import TEXT_ONLY, PipelineConfig, run_pipeline
 from llmrec.train.config import load_train_config
 
@@ -46,7 +49,8 @@ def test_report_rows_share_users_and_say_how_long_each_llm_trained(tmp_path, tin
         "rank_batch_size=10", "text_only=true", f"output_dir={out}"])
     report = run_pipeline(cfg)
 
-    assert set(report["rows"]) == {"sasrec", "TMF", TEXT_ONLY, "chance"}
+    assert set(report["rows"]) == {"sasrec", "TMF", TEXT_ONLY, "chance", "rule: popular", "rule: seen in history",
+                                   "rule: session category"}
     assert report["n_rows_ranked"] == {"sasrec": 4, "TMF": 4, TEXT_ONLY: 4}
     assert report["n_users_generated"] == 2 and report["n_candidates"] == 5
     assert report["rows"]["chance"]["HitRate@1 (rank)"] == 0.2 and report["rows"]["chance"]["HR@3 (rank)"] == 0.6
@@ -61,6 +65,13 @@ def test_report_rows_share_users_and_say_how_long_each_llm_trained(tmp_path, tin
     tmf_rows = [json.loads(line) for line in (out / "predictions-rank-TMF.jsonl").read_text().splitlines()]
     assert {r["task"] for r in text_rows} == {"easy"} and {r["task"] for r in tmf_rows} == {"hard"}
     assert [r["user"] for r in text_rows] == [r["user"] for r in tmf_rows]
+    # rule rows on the same users: "popular" by hand from the training interactions
+    dataset = prepare(load_data_config(tmp_path / "data.yaml"))
+    popularity = training_popularity(dataset)
+    by_id = {item_id: k for k, item_id in enumerate(dataset.item_ids)}
+    hits = [int(np.argmax([popularity[by_id[c["item_id"]]] for c in r["candidates"]])) == r["target_index"]
+            for r in tmf_rows]
+    assert report["rows"]["rule: popular"]["HitRate@1 (rank)"] == np.mean(hits)
     # the table's numbers are the predictions files' own metrics
     hr1 = evaluate_predictions(read_predictions(out / "predictions-rank-TMF.jsonl"), ks=(1,))["HR@1"]
     assert report["rows"]["TMF"]["HitRate@1 (rank)"] == hr1
