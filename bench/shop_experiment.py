@@ -258,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                "generate_users": args.generate_users, "targets_in_history": in_history, "rows": results_rows,
                "paired": paired, "not_run": not_run, "cpu": platform.processor() or platform.machine(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "seconds": time.perf_counter() - started}
-    (out / "shop_experiment.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    # paths relative to the repository, so the file means the same on another machine
+    text = json.dumps(results, indent=1).replace(str(ROOT) + "/", "")
+    (out / "shop_experiment.json").write_text(text + "\n", encoding="utf-8")
     table = markdown(results)
     (out / "shop_experiment.md").write_text(table, encoding="utf-8")
     plot(results, {n: extra[n]["validation_curve"] for n in extra if "validation_curve" in extra[n]}, out)
