@@ -76,9 +76,11 @@ def session_category(dataset: SequenceDataset, samples: Any, items: np.ndarray) 
     return same
 
 
-def rule_scores(dataset: SequenceDataset, split: str, items: np.ndarray) -> dict[str, np.ndarray]:
-    """Scores of every rule that applies to ``dataset``, for the candidate matrix ``items`` of ``split``."""
-    samples = dataset.samples[split]
+def rule_scores(dataset: SequenceDataset, split: str, items: np.ndarray,
+                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Scores of every rule that applies to ``dataset``, for the candidate matrix ``items`` of ``split`` (of its
+    rows ``rows`` when given, one per line of ``items``)."""
+    samples = dataset.samples[split] if rows is None else dataset.samples[split].select(rows.tolist())
     popularity = training_popularity(dataset)[items].astype(float)
     seen, strongest, last = history_features(samples, items)
     rules = {"popular": lexicographic_scores(popularity),

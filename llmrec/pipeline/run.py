@@ -190,11 +190,9 @@ def rule_rows(dataset: Any, split: str, ranked: Path) -> dict[str, dict[str, flo
     items = np.array([[by_id[c["item_id"]] for c in r["candidates"]] for r in records], dtype=np.int64)
     target = np.array([r["target_index"] for r in records], dtype=np.int64)
     rows = np.array([r["row"] for r in records], dtype=np.int64)
-    full = np.full((len(dataset.samples[split]), items.shape[1]), -1, dtype=np.int64)
-    full[rows] = items  # the rules read each row's history from the split
     out = {}
-    for name, scores in rule_scores(dataset, split, np.where(full >= 0, full, 0)).items():
-        ranks = target_ranks(scores[rows], target)
+    for name, scores in rule_scores(dataset, split, items, rows).items():
+        ranks = target_ranks(scores, target)
         out[f"rule: {name}"] = {"HitRate@1 (rank)": float((ranks <= 1).mean()), "HR@3 (rank)": float((ranks <= 3).mean())}
     return out
 
