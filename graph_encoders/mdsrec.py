@@ -1,0 +1,295 @@
+"""MDSRec: Multimodal Difference Learning for Sequential Recommendation (Li, Guo, Li, Zou; AAAI 2025).
+
+Equations implemented (numbering of the paper, ``../shared/papers/mdsrec.txt``); every
+choice where the paper is silent or ambiguous is marked *Choice* and listed in docs/mdsrec.md.
+
+Item relation graph construction (built once, from the **training part only**: each user's
+``items[:valid_pos]``, :attr:`DatasetSpec.train_sequences`):
+
+* Eq. 1-2  co-occurrence ``O = Σ_u O^u`` with ``O^u_ij = 1 / D_ij`` (``co_occurrence="count"``:
+  ``1``, the paper's "w/o DIS"), :func:`graph_encoders.selection.co_occurrence`.
+  *Choice:* ``O`` is **row-normalised** (``Ō = D^{-1} O``; as printed ML-100k rows sum to
+  thousands); an item that repeats counts once per user at its nearest occurrence.
+* Eq. 3  behavior-signal injection ``Ē^n = μ^n · Ō E^n + E^n`` for every modality
+  (``mu_modal``, fixed features, once) and for the ID table (``mu_id``, every forward pass,
+  ``E^id`` is learned).
+* Eq. 4-5  per modality the top-``H`` cosine kNN graph of ``Ē^m``; *Choice:* the item itself
+  is excluded from its ``H`` neighbours and added as a self-loop, and the adjacency is
+  row-normalised (``Â^m_ij = 1 / (H + 1)``), so ``Ê^m`` stays on the scale of ``E^id``.
+* Eq. 6  one light convolution over the plain ID table, ``Ê^m = Â^m E^id``.
+
+Interest-centralised attention:
+
+* Eq. 7-8  ID channel: ``Ē^id[S^u] + P`` through ``L`` causal Transformer blocks (SASRec's
+  pre-norm blocks, :class:`graph_encoders.layers.TransformerEncoder`).
+* Eq. 9  one Transformer per modality over ``Ê^m[S^u] + P`` (*Choice:* one position table
+  ``P`` shared by all channels, as printed).
+* Eq. 10  ``C^m = k-means(E^m)`` on the **raw** features (seeded, :func:`selection.kmeans`).
+* Eq. 11  centres ``Ê_c^m = C^m Ê^m``; *Choice:* ``C^m`` holds ``1 / |cluster|``, so the
+  centres are cluster **means** of the graph-convolved ID embeddings, not sums.
+* Eq. 12-14  the centres are the queries of layer ``l``'s own multi-head attention (its
+  ``Q``, ``K``, ``V`` and output map ``U``, all shared) over that layer's input
+  ``E_u^{m,l-1}`` (after the block's pre-attention LayerNorm, which is what the layer's
+  attention sees). *Choice:* every training position ``t`` trains at once (the project's
+  windows), so the centres are computed **per position** and attend only to positions
+  ``<= t``; a centre never sees a later item.
+* Eq. 15  ``Ê_c^{m,l} = σ((g^l W_1 + b_1) W_2 + b_2)``, as printed (two linear maps, then σ);
+  *Choice:* σ = GELU (``center_activation``; the paper does not name σ).
+* Eq. 16  ``E_c^m = Ê_c^{m,L}``.
+
+Fusion and prediction:
+
+* Eq. 17  ``e_u^s = Σ_m ρ_m e^m_{u,t} + e^id_{u,t}`` (Transformer outputs at position ``t``).
+* Eq. 18-19  ``ẽ^m_t = e^m_t + γ_t E_c^m``, ``γ_t = softmax((log δ - log(1 - δ) + e^m_t E_c^{mT}) / τ)``:
+  the printed noise is **logistic**, not Gumbel (``selection_noise``, default ``logistic``);
+  the noise is off in eval mode.
+* Eq. 20-22  ``ŷ^s = e_u^s E^{id T}`` (plain ID table), ``ŷ^m = ẽ^m_u Ê^{m T}``,
+  ``ŷ = ŷ^s + Σ_m ρ_m ŷ^m``.
+* Eq. 23-24  ``L = L^s + Σ_m ρ_m L^m``, each a softmax cross-entropy over all items, averaged
+  over the trained positions. *Choice:* ``ρ`` equal over the present modalities (sum 1) and
+  ``τ = 1``: the paper gives neither.
+
+A modality whose table is absent (ML-100k has no images) is **dropped**: no graph, no
+Transformer, no score channel, and ``ρ`` is shared by the present ones. ``item_embeddings()``
+is the ID channel's output table ``E^id`` (Eq. 20); MDSRec has no behavior table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graph_encoders.base import DatasetSpec, ModelConfig, SeqBatch, SequentialRecommender, register_model
+from graph_encoders.layers import TransformerEncoder, attention_mask, init_weights
+from graph_encoders.selection import cluster_mean_matrix, co_occurrence, kmeans, knn_graph, relaxed_selection, row_normalize
+from llmrec.config import ConfigError
+
+log = logging.getLogger(__name__)
+MODALITIES = ("text", "image")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+@dataclass
+class MDSRecConfig(ModelConfig):
+    """MDSRec settings; defaults are the paper's where it gives them (see docs/mdsrec.md)."""
+
+    hidden_size: int = 64  # d; the paper uses 300 (and batch 512), 64 keeps CPU training practical
+    max_len: int = 50  # window L
+    dropout: float = 0.2  # not given in the paper
+    use_behaviors: bool = False  # MDSRec reads no behavior types; must stay false
+    num_layers: int = 2  # L, Transformer blocks per channel (= centralised-attention layers)
+    num_heads: int = 2  # |h|
+    inner_size: int | None = None  # feed-forward width and centre-update width; None = hidden_size
+    attention_dropout: float | None = None  # None = dropout
+    modalities: list[str] = field(default_factory=lambda: ["text", "image"])  # channels to build if the table exists
+    modality_weights: dict[str, float] = field(default_factory=dict)  # ρ_m; empty = equal over present modalities
+    mu_id: float = 16.0  # μ^id, Eq. 3
+    mu_modal: float = 0.2  # μ^m, Eq. 3 (0 = "w/o CRE")
+    co_occurrence: Literal["distance", "count"] = "distance"  # Eq. 1 affinity 1/D, or 1 ("w/o DIS")
+    top_h: int = 10  # H, neighbours per item in the modal kNN graph (Eq. 5)
+    n_centers: int = 32  # k, k-means clusters per modality (Eq. 10)
+    kmeans_seed: int = 0
+    kmeans_iterations: int = 100
+    centralized_attention: bool = True  # false = "w/o ICA" (ẽ^m = e^m)
+    center_activation: Literal["gelu", "relu", "sigmoid", "tanh"] = "gelu"  # σ of Eq. 15
+    selection_noise: Literal["logistic", "gumbel", "none"] = "logistic"  # Eq. 19 noise (training only)
+    temperature: float = 1.0  # τ, Eq. 19
+
+    def validate(self) -> None:
+        super().validate()
+        if self.use_behaviors:
+            raise ConfigError("use_behaviors must be false for MDSRec (it has no behavior input)")
+        if self.num_layers < 1 or self.num_heads < 1:
+            raise ConfigError(f"num_layers and num_heads must be >= 1, got {self.num_layers}, {self.num_heads}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        bad = sorted(set(self.modalities) - set(MODALITIES)) + sorted(set(self.modality_weights) - set(MODALITIES))
+        if bad or not self.modalities:
+            raise ConfigError(f"modalities / modality_weights must name {list(MODALITIES)}, got {bad or '[]'}")
+        if any(w < 0 for w in self.modality_weights.values()):
+            raise ConfigError(f"modality_weights must be >= 0, got {self.modality_weights}")
+        if self.top_h < 0 or self.n_centers < 1 or self.kmeans_iterations < 1:
+            raise ConfigError(f"top_h >= 0, n_centers >= 1 and kmeans_iterations >= 1 are required, got "
+                              f"{self.top_h}, {self.n_centers}, {self.kmeans_iterations}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+
+
+class CenterUpdate(nn.Module):
+    """Eq. 15 as printed: ``σ((g W_1 + b_1) W_2 + b_2)``."""
+
+    def __init__(self, hidden_size: int, inner_size: int, activation: str) -> None:
+        super().__init__()
+        self.first = nn.Linear(hidden_size, inner_size)
+        self.second = nn.Linear(inner_size, hidden_size)
+        self.activation = ACTIVATIONS[activation]()
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.second(self.first(g)))
+
+
+@register_model("mdsrec")
+class MDSRec(SequentialRecommender):
+    """ID channel + one interest-centralised channel per present modality; scores summed (Eq. 22)."""
+
+    config_class = MDSRecConfig
+    inputs = frozenset({"items"})
+    optional_inputs = frozenset({"text", "image"})  # an absent table drops its channel; at least one is needed
+
+    def __init__(self, config: MDSRecConfig, spec: DatasetSpec) -> None:
+        tables = {"text": spec.text_table, "image": spec.image_table}
+        present = [m for m in config.modalities if tables[m] is not None]
+        if not present:
+            raise ValueError(f"MDSRec needs a modality table among {config.modalities}; DatasetSpec has none")
+        dropped = [m for m in MODALITIES if m not in present]
+        if dropped:
+            log.info("MDSRec: no %s channel (table absent or not in model.modalities)", "/".join(dropped))
+        super().__init__(config, spec)
+        sequences = getattr(spec, "train_sequences", None)
+        if sequences is None:
+            raise ValueError("MDSRec builds its item graphs from the training part: DatasetSpec.train_sequences "
+                             "(each user's items[:valid_pos]) is missing")
+        if config.n_centers > spec.n_items:
+            raise ConfigError(f"model.n_centers {config.n_centers} exceeds the {spec.n_items} items")
+        d, inner = config.hidden_size, config.inner_size or config.hidden_size
+        self.modalities = present
+        weights = {m: config.modality_weights.get(m, 1.0) if config.modality_weights else 1.0 for m in present}
+        total = sum(weights.values())
+        if total <= 0:
+            raise ConfigError(f"model.modality_weights give the present modalities {present} no weight")
+        self.rho = {m: w / total for m, w in weights.items()}  # Σ_m ρ_m = 1 (Eq. 17)
+
+        self.items = nn.Embedding(spec.n_items + 1, d, padding_idx=0)  # E^id (row 0 = padding)
+        self.positions = nn.Embedding(config.max_len, d)  # P, shared by every channel (Eq. 7, 9)
+        self.dropout = nn.Dropout(config.dropout)
+        block = {"hidden_size": d, "num_heads": config.num_heads, "inner_size": inner, "dropout": config.dropout,
+                 "attention_dropout": config.attention_dropout, "activation": "relu", "norm_first": True}
+        self.id_encoder = TransformerEncoder(config.num_layers, **block)  # Eq. 8
+        self.modal_encoders = nn.ModuleDict({m: TransformerEncoder(config.num_layers, **block) for m in present})
+        self.center_updates = nn.ModuleDict({
+            m: nn.ModuleList(CenterUpdate(d, inner, config.center_activation) for _ in range(config.num_layers))
+            for m in present
+        })
+        init_weights(self)
+        self._build_graphs(sequences, {m: tables[m] for m in present})
+
+    # ---- item graphs (Eq. 1-6, 10), from the training part ---------------------------
+    def _build_graphs(self, sequences: list[np.ndarray], tables: dict[str, torch.Tensor]) -> None:
+        cfg = self.config
+        counts = co_occurrence(sequences, self.n_items, distance_weighted=cfg.co_occurrence == "distance")
+        normalized = row_normalize(counts)  # Ō (Eq. 2, row-normalised)
+        self.register_buffer("co_occurrence_matrix", normalized, persistent=False)
+        for m, table in tables.items():
+            if table.shape[0] != self.n_items:
+                raise ValueError(f"MDSRec: the {m} table has {table.shape[0]} rows, the dataset {self.n_items} items")
+            raw = table.detach().float().cpu()
+            injected = raw + cfg.mu_modal * torch.sparse.mm(normalized, raw)  # Ē^m (Eq. 3)
+            self.register_buffer(f"relation_graph_{m}", knn_graph(injected, cfg.top_h), persistent=False)  # Â^m
+            assignment, _ = kmeans(raw, cfg.n_centers, seed=cfg.kmeans_seed, iterations=cfg.kmeans_iterations)
+            self.register_buffer(f"cluster_means_{m}", cluster_mean_matrix(assignment, cfg.n_centers),
+                                 persistent=False)  # C^m (Eq. 10), rows = 1/|cluster| (Eq. 11 means)
+
+    def relation_graph(self, modality: str) -> torch.Tensor:
+        """``Â^m`` (sparse ``[n_items, n_items]``, row-normalised, self-loops)."""
+        return getattr(self, f"relation_graph_{modality}")
+
+    def item_tables(self) -> dict[str, torch.Tensor]:
+        """``id_input`` ``Ē^id`` (Eq. 3), ``id`` ``E^id`` and per modality ``Ê^m`` (Eq. 6), all ``[n_items, d]``."""
+        plain = self.items.weight[1:]
+        tables = {"id": plain, "id_input": plain + self.config.mu_id * torch.sparse.mm(self.co_occurrence_matrix, plain)}
+        for m in self.modalities:
+            tables[m] = torch.sparse.mm(self.relation_graph(m), plain)
+        return tables
+
+    # ---- sequence encoders (Eq. 7-19) --------------------------------------------------
+    def _embed(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        length = items.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"sequence length {length} exceeds the model's max_len {self.config.max_len}")
+        padded = torch.cat([table.new_zeros(1, table.shape[1]), table])
+        positions = torch.arange(self.config.max_len - length, self.config.max_len, device=items.device)
+        return self.dropout(F.embedding(items, padded) + self.positions(positions)[None])  # Eq. 7 / 9
+
+    def _modal_channel(self, modality: str, x: torch.Tensor, valid: torch.Tensor,
+                       centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 9 with Eq. 12-16 alongside: ``(E_u^m [B, L, d], E_c^m [B, L, k, d])``, centres per position."""
+        encoder = self.modal_encoders[modality]
+        mask = attention_mask(valid, causal=True)  # [B, 1, L, L]
+        keep = valid[..., None].to(x.dtype)
+        b, length, d = x.shape
+        k = centers.shape[0]
+        center_mask = mask.repeat_interleave(k, dim=2)  # query (t, c) sees keys <= t, like position t
+        centers = centers.expand(b, length, k, d)  # Ê_c^{m,0} = Ê_c^m at every position
+        x = x * keep
+        for block, update in zip(encoder.blocks, self.center_updates[modality]):
+            if self.config.centralized_attention:
+                keys = block.norm_attention(x)  # E_u^{m,l-1} as layer l's attention sees it (pre-norm)
+                g = block.attention(centers.reshape(b, length * k, d), keys, center_mask)  # Eq. 12-14
+                centers = update(g).view(b, length, k, d)  # Eq. 15
+            x = block(x, mask) * keep
+        return encoder.final_norm(x), centers  # Eq. 9, Eq. 16
+
+    def channels(self, batch: SeqBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(e^s [B, L, d] (Eq. 17), {m: ẽ^m [B, L, d]} (Eq. 18), item tables)`` at every position."""
+        tables = self.item_tables()
+        valid = batch.valid
+        fused = self.id_encoder(self._embed(tables["id_input"], batch.items), valid, causal=True)  # Eq. 7-8
+        centred = {}
+        for m in self.modalities:
+            sequence, centers = self._modal_channel(
+                m, self._embed(tables[m], batch.items), valid,
+                getattr(self, f"cluster_means_{m}") @ tables[m],  # Eq. 11
+            )
+            fused = fused + self.rho[m] * sequence  # Eq. 17
+            if self.config.centralized_attention:
+                logits = torch.einsum("bld,blkd->blk", sequence, centers)
+                noise = None if not self.training or self.config.selection_noise == "none" else self.config.selection_noise
+                gamma = relaxed_selection(logits, self.config.temperature, noise)  # Eq. 19
+                sequence = sequence + torch.einsum("blk,blkd->bld", gamma, centers)  # Eq. 18
+            centred[m] = sequence
+        return fused, centred, tables
+
+    # ---- the interface -----------------------------------------------------------------
+    def encode(self, batch: SeqBatch) -> torch.Tensor:
+        """The fused ID-side state ``e^s`` (Eq. 17) at every position."""
+        return self.channels(batch)[0]
+
+    def item_embeddings(self) -> torch.Tensor:
+        """The ID channel's output table ``E^id`` (Eq. 20)."""
+        return self.items.weight[1 : self.n_items + 1]
+
+    def channel_scores(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
+        """Per-channel scores over all items at the newest position, ``{"id": ŷ^s, m: ŷ^m}`` (Eq. 20-21)."""
+        fused, centred, tables = self.channels(batch)
+        scores = {"id": fused[:, -1] @ tables["id"].T}
+        for m, sequence in centred.items():
+            scores[m] = sequence[:, -1] @ tables[m].T
+        return scores
+
+    def score_all(self, batch: SeqBatch) -> torch.Tensor:
+        """``ŷ = ŷ^s + Σ_m ρ_m ŷ^m`` (Eq. 22) over every item."""
+        scores = self.channel_scores(batch)
+        return scores["id"] + sum(self.rho[m] * scores[m] for m in self.modalities)
+
+    def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
+        return self.score_all(batch).gather(1, candidates)
+
+    def loss(self, batch: SeqBatch) -> torch.Tensor:
+        """``L = L^s + Σ_m ρ_m L^m`` (Eq. 23-24), softmax cross-entropy per channel at the loss positions."""
+        if batch.labels is None or batch.loss_mask is None:
+            raise ValueError("loss() needs a training batch (labels and loss_mask)")
+        mask = batch.loss_mask & (batch.labels > 0)
+        if not bool(mask.any()):
+            raise ValueError("batch has no position to train on (loss_mask is empty)")
+        fused, centred, tables = self.channels(batch)
+        targets = batch.labels[mask] - 1
+        total = F.cross_entropy(fused[mask] @ tables["id"].T, targets)
+        for m, sequence in centred.items():
+            total = total + self.rho[m] * F.cross_entropy(sequence[mask] @ tables[m].T, targets)
+        return total
