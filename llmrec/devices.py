@@ -7,6 +7,9 @@ oneDNN reports), else fp32: on a CPU without native bf16, autocast to bf16 is em
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,3 +39,26 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device`` (None: plain fp32)."""
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision, device)]
+
+
+def machine_description() -> dict[str, Any]:
+    """What a timing was measured on: CPU model, torch's CPU capability, bf16 support, cores, GPU if any."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux: platform's answer stands
+        pass
+    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": native_bf16(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def describe_machine(info: dict[str, Any] | None = None) -> str:
+    """One line naming the machine, for benchmark tables: ``Intel Xeon ... (AVX512, native bf16), 2 cores``."""
+    info = info or machine_description()
+    bf16 = "native bf16" if info["cpu_native_bf16"] else "no native bf16"
+    line = f"{info['cpu']} ({info['cpu_capability']}, {bf16}), {info['cores']} cores, torch {info['torch']}"
+    return line + (f", GPU {info['gpu']}" if info.get("gpu") else "")
