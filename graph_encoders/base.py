@@ -44,7 +44,11 @@ BUILTIN_MODEL_MODULES = {
     "gru4rec": "graph_encoders.gru4rec",
     "bert4rec": "graph_encoders.bert4rec",
     "mbht": "graph_encoders.mbht",
+    "dreamrec": "graph_encoders.dreamrec",
+    "mdsrec": "graph_encoders.mdsrec",
 }
+# Item feature tables a model can read; ``llmrec fit-graph`` fills them from its ``encode`` config.
+MODALITY_KINDS = ("text", "image")
 INPUT_KINDS = frozenset({"items", "behaviors", "text", "image"})
 
 
@@ -81,12 +85,14 @@ class DatasetSpec:
     n_items: int
     n_behaviors: int
     target_behavior: int  # 0-based behavior index of the target behavior
-    text_table: torch.Tensor | None = None  # [n_items, d_text], only for models whose inputs include "text"
-    image_table: torch.Tensor | None = None  # [n_items, d_image], only for models whose inputs include "image"
+    text_table: torch.Tensor | None = None  # [n_items, d_text], for models that read "text" (zero row = no text)
+    image_table: torch.Tensor | None = None  # [n_items, d_image], for models that read "image" (zero row = no image)
+    n_users: int | None = None  # internal user indices 0..n_users-1 (models with a user embedding need it)
 
     @classmethod
     def from_dataset(cls, dataset: Any, **tables: torch.Tensor | None) -> DatasetSpec:
-        return cls(dataset.n_items, dataset.n_behaviors, dataset.target_behavior_index, **tables)
+        return cls(dataset.n_items, dataset.n_behaviors, dataset.target_behavior_index, **tables,
+                   n_users=len(dataset.user_ids))
 
 
 @dataclass
@@ -113,11 +119,13 @@ class SequentialRecommender(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     # what the model reads: "items" always; "behaviors" (if use_behaviors or always), "text", "image"
     inputs: ClassVar[frozenset[str]] = frozenset({"items"})
+    # modalities read when their table is given and ignored otherwise (e.g. DreamRec on ML-100k: no images)
+    optional_inputs: ClassVar[frozenset[str]] = frozenset()
     name: ClassVar[str] = ""
 
     def __init__(self, config: ModelConfig, spec: DatasetSpec) -> None:
         super().__init__()
-        unknown = set(self.inputs) - INPUT_KINDS
+        unknown = (set(self.inputs) | set(self.optional_inputs)) - INPUT_KINDS
         if unknown:
             raise ValueError(f"{type(self).__name__}.inputs has unknown kinds {sorted(unknown)}")
         for kind, table in (("text", spec.text_table), ("image", spec.image_table)):

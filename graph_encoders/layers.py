@@ -10,6 +10,12 @@
   of BERT4Rec's Eq. 4-5).
 * :class:`SequenceEmbedding`: item + learned position (+ optional behavior-type)
   embedding, the input layer of SASRec §III-B and BERT4Rec §3.4.
+* :class:`ModalityEncoder`: per-modality linear projection of item features into the
+  model width, then one bidirectional self-attention block over the sequence (DreamRec
+  Eq. 12-15).
+* :class:`LearnedQueryAttention`: one learnable query cross-attends over a sequence of
+  (concatenated) features and returns one vector per sequence (DreamRec Eq. 17-20, the
+  Q-Former read-out).
 * :func:`attention_mask`: causal / bidirectional masks with key padding.
 * :func:`left_to_right_padded`: re-aligns left-padded rows (the batch convention,
   see :mod:`graph_encoders.base`) for recurrent models that need packing.
@@ -139,6 +145,55 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask) * keep
         return self.final_norm(x)
+
+
+class ModalityEncoder(nn.Module):
+    """``F' = F W + b`` (DreamRec Eq. 12-13), then ``A = LN(F' + Drop(SelfAttn(F')))`` (Eq. 14-15).
+
+    ``features`` ``[B, L, d_in]`` are one modality's item features along the sequence;
+    ``visible`` ``[B, L]`` marks the positions whose features may be read (keys): padding,
+    ``[MASK]``-ed positions and items without features are not visible, so nothing of them
+    reaches any output. Every query may attend to itself (so rows stay finite); the outputs
+    at invisible positions are meaningless and must be ignored by the caller.
+    """
+
+    def __init__(self, in_size: int, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.projection = nn.Linear(in_size, hidden_size)  # W_m, b_m of Eq. 12-13
+        self.attention = MultiHeadAttention(hidden_size, num_heads, dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(features)
+        attended = self.attention(projected, projected, attention_mask(visible, causal=False))
+        return self.norm(projected + self.dropout(attended))
+
+
+class LearnedQueryAttention(nn.Module):
+    """One learnable query over a sequence of keys: ``softmax(Q K^T / sqrt(d)) V`` (DreamRec Eq. 17-20).
+
+    ``Q = W_q q + b_q`` from the learnable ``q`` (Eq. 17), ``K = F W_k + b_k`` and
+    ``V = F W_v + b_v`` from the ``[B, L, d_in]`` keys (Eq. 18-19), single head with
+    ``d_k = d_v = hidden_size`` as printed. Only ``visible`` ``[B, L]`` positions are attended;
+    a row with no visible position gets the zero vector. Returns ``[B, hidden_size]``.
+    """
+
+    def __init__(self, in_size: int, hidden_size: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.query_vector = nn.Parameter(torch.empty(1, hidden_size).normal_(std=0.02))  # q
+        self.query = nn.Linear(hidden_size, hidden_size)  # W_q, b_q
+        self.key = nn.Linear(in_size, hidden_size)  # W_k, b_k
+        self.value = nn.Linear(in_size, hidden_size)  # W_v, b_v
+        self.dropout = nn.Dropout(dropout)
+        self.scale = 1.0 / math.sqrt(hidden_size)
+
+    def forward(self, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        query = self.query(self.query_vector)  # [1, d]
+        logits = (self.key(keys) @ query.T).squeeze(-1) * self.scale  # [B, L]
+        logits = logits.masked_fill(~visible, torch.finfo(logits.dtype).min)  # finite: no NaN in empty rows
+        weights = torch.softmax(logits, dim=-1) * visible.to(logits.dtype)  # exact 0 off the visible keys
+        return (self.dropout(weights)[..., None] * self.value(keys)).sum(1)
 
 
 class SequenceEmbedding(nn.Module):

@@ -236,10 +236,15 @@ class MBHT(SequentialRecommender):
                 layer.attention.add_identity_to_mixer()
 
     # ---- the two views -------------------------------------------------------------
-    def transformer_view(self, items: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
-        """§3.1: ``[B, L, d]`` behavior-aware multi-scale Transformer output."""
+    def transformer_view(self, items: torch.Tensor, behaviors: torch.Tensor,
+                         inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """§3.1: ``[B, L, d]`` behavior-aware multi-scale Transformer output.
+
+        ``inputs`` replaces the §3.1.1 context embedding when a subclass builds its own
+        (DreamRec Eq. 21-22); None = ``h_j = e_j + p_j + b_j``.
+        """
         valid = items > 0
-        x = self.embedding(items, behaviors)
+        x = self.embedding(items, behaviors) if inputs is None else inputs
         if not self.config.multiscale:
             return self.encoder(x, valid, causal=False)
         x = x * valid[..., None].to(x.dtype)
@@ -261,15 +266,25 @@ class MBHT(SequentialRecommender):
         hidden = torch.where(masked[..., None], readout, hidden)
         return hidden * valid[..., None].to(hidden.dtype)
 
-    def encode_sequence(self, items: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
-        """Fused ``[B, L, d]`` for left-padded ``items`` / ``behaviors`` (+1 ids, may hold ``[MASK]``)."""
+    def window(self, items: torch.Tensor, behaviors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest ``max_len`` columns of ``items`` / ``behaviors`` (left-padded), ids checked."""
         items = newest_window(items, self.config.max_len)
         behaviors = newest_window(behaviors, self.config.max_len)
         if bool((items > self.mask_id).any()) or bool((items < 0).any()):
             raise ValueError(f"item ids must be in [0, {self.mask_id}] (0 = padding, {self.mask_id} = [MASK])")
         if bool((behaviors > self.n_behaviors).any()) or bool((behaviors < 0).any()):
             raise ValueError(f"behavior ids must be in [0, {self.n_behaviors}] (0 = padding / hidden)")
-        sequence = self.transformer_view(items, behaviors)
+        return items, behaviors
+
+    def encode_sequence(self, items: torch.Tensor, behaviors: torch.Tensor,
+                        inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused ``[B, L, d]`` for left-padded ``items`` / ``behaviors`` (+1 ids, may hold ``[MASK]``).
+
+        ``inputs`` (``[B, max_len, d]``, for ``items`` already cut by :meth:`window`) replaces the
+        Transformer view's input embedding (see :meth:`transformer_view`).
+        """
+        items, behaviors = self.window(items, behaviors)
+        sequence = self.transformer_view(items, behaviors, inputs)
         if not self.config.hypergraph:
             return sequence
         fused = self.fusion([sequence, self.hypergraph_view(items, behaviors)])
@@ -283,12 +298,16 @@ class MBHT(SequentialRecommender):
         ``score_all`` and ``score_candidates`` apply unchanged. The ``[MASK]`` position's
         behavior is hidden (id 0), as in training.
         """
+        return self.encode_sequence(*self.prediction_inputs(batch))
+
+    def prediction_inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(items, behaviors)`` ``[B, max_len]``: the newest history with ``[MASK]`` (behavior 0) appended."""
         history = batch.items[:, -(self.config.max_len - 1) :]
         history_behaviors = batch.behaviors[:, -(self.config.max_len - 1) :]
         mask_col = torch.full((len(history), 1), self.mask_id, dtype=history.dtype, device=history.device)
         items = torch.cat([history, mask_col], dim=1)
         behaviors = torch.cat([history_behaviors, torch.zeros_like(mask_col)], dim=1)
-        return self.encode_sequence(items, behaviors)
+        return newest_window(items, self.config.max_len), newest_window(behaviors, self.config.max_len)
 
     def cloze_inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """§3.4 masking of a training batch: ``(inputs, input_behaviors, labels, masked)`` ``[B, L]``.

@@ -20,7 +20,8 @@ FLOORS: list[set[str]] = [
     {"llmrec"},  # foundations: config, io, tables, metrics, devices, cli_common
     {"adapters"},
     {"llmrec.data"},
-    {"llmrec.encoders", "graph_encoders"},
+    {"llmrec.encoders"},
+    {"graph_encoders"},  # multimodal graph encoders (DreamRec, MDSRec) read the encoders' cached item tables
     {"llmrec.tmf"},
     {"llmrec.generation"},
     {"llmrec.train"},
