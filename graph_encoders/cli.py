@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
-from graph_encoders.base import DatasetSpec, SequentialRecommender, build_model, model_config
+from graph_encoders.base import (MODALITY_KINDS, DatasetSpec, SequentialRecommender, build_model, get_model_class,
+                                 model_config)
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import EvalConfig, evaluate_split
 from graph_encoders.export import export_embeddings
@@ -37,6 +38,7 @@ from graph_encoders.trainer import CHECKPOINT_DIR, TrainConfig, Trainer, seed_ev
 from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_or_exit, setup_logging
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 from llmrec.data import load_data_config, prepare
+from llmrec.encoders import encode_items, load_encode_config
 from llmrec.io import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class FitGraphConfig:
     data: str  # data config YAML (see configs/data/); relative paths are relative to the working directory
     model: dict[str, Any]  # {"name": <registered model>, <that model's config keys>...}
     data_overrides: list[str] = field(default_factory=list)  # dotted overrides applied to the data config
+    # encode config (configs/encode/*.yaml) giving the text / image tables of models that read them (DreamRec,
+    # MDSRec); its data key is ignored: the tables are built (or loaded from the encoder cache) for this run's data
+    encode: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sequence: Literal["all", "target"] = "all"  # model inputs: every behavior, or target-behavior interactions only
@@ -91,8 +96,9 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     run_dir = Path(config.output_dir.format(model=config.model_name, dataset=dataset.name))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
+    spec = dataset_spec(config, dataset)
     seed_everything(config.train.seed)
-    model = build_model(config.model_name, config.model_params, DatasetSpec.from_dataset(dataset))
+    model = build_model(config.model_name, config.model_params, spec)
     batcher = SequenceBatcher(dataset, model.config.max_len, config.sequence)
     train = config.train if resume is None else replace(config.train, resume=resume)
     trainer = Trainer(model, batcher, train, config.eval, run_dir=run_dir, progress=progress)
@@ -138,6 +144,30 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     return FitResult(run_dir, metrics, table_path)
 
 
+def dataset_spec(config: FitGraphConfig, dataset: Any) -> DatasetSpec:
+    """``dataset``'s :class:`DatasetSpec` with the text / image tables the model reads, from ``config.encode``.
+
+    Models list them in ``inputs`` (required) or ``optional_inputs`` (read when present). The tables
+    come from :func:`llmrec.encoders.encode_items` (cached by content, so a second run only loads them).
+    """
+    cls = get_model_class(config.model_name)
+    wanted = [kind for kind in MODALITY_KINDS if kind in cls.inputs | cls.optional_inputs]
+    if not wanted:
+        return DatasetSpec.from_dataset(dataset)
+    if config.encode is None:
+        raise ConfigError(f"encode: model {config.model_name!r} reads {'/'.join(wanted)} item tables; set "
+                          f"encode: configs/encode/<dataset>.yaml (the text / image encoders of its items)")
+    tables = encode_items(load_encode_config(config.encode), dataset)
+    missing = [kind for kind in wanted if kind in cls.inputs and kind not in tables]
+    if missing:
+        raise ConfigError(f"encode: {config.encode} gives no {'/'.join(missing)} table, which model "
+                          f"{config.model_name!r} needs")
+    for kind in wanted:
+        log.info("%s input %s: %s", config.model_name, kind,
+                 tuple(tables[kind].item.shape) if kind in tables else f"absent from {config.encode}")
+    return DatasetSpec.from_dataset(dataset, **{f"{kind}_table": tables[kind].item for kind in wanted if kind in tables})
+
+
 def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecommender, Any, FitGraphConfig]:
     """A finished run's model (best weights, eval mode), its dataset and its config.
 
@@ -152,7 +182,7 @@ def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecomm
     weights = next((checkpoint / f for f in ("best_model.safetensors", "model.safetensors") if (checkpoint / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{run_dir}: no trained weights under {checkpoint} (was train.checkpoint false?)")
-    model = build_model(config.model_name, config.model_params, DatasetSpec.from_dataset(dataset))
+    model = build_model(config.model_name, config.model_params, dataset_spec(config, dataset))
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), dataset, config
 

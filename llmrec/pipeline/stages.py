@@ -28,7 +28,7 @@ from graph_encoders.batching import SequenceBatcher
 from graph_encoders.cli import FitGraphConfig, fit_graph, load_run
 from graph_encoders.predictions import baseline_prediction_records, predictions_path
 from graph_encoders.trainer import CHECKPOINT_DIR, StaleCheckpointError
-from llmrec.config import load_config, to_dict
+from llmrec.config import ConfigError, load_config, to_dict
 from llmrec.data import load_data_config, prepare
 from llmrec.data.types import SequenceDataset
 from llmrec.encoders.config import load_encode_config
@@ -154,12 +154,40 @@ def _graph_run_state(run_dir: Path, cfg: Any, dataset: SequenceDataset) -> str:
         meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
         if meta.get("dataset_fingerprint") != dataset.fingerprint:
             return "other data"
-    if saved_config.is_file() and yaml.safe_load(saved_config.read_text(encoding="utf-8")) != to_dict(cfg):
+    if saved_config.is_file() and _saved_graph_config(saved_config) != to_dict(cfg):
         log.info("stage graph: %s was trained with another config; training again", run_dir)
         return "fresh"
     if table_path.is_file() and meta_path.is_file() and saved_config.is_file() and (run_dir / "metrics.json").is_file():
         return "reuse"
     return "resume"
+
+
+def _saved_graph_config(path: Path) -> Any:
+    """A run's saved config as the current :class:`FitGraphConfig` reads it: keys added to the config since the
+    run was trained take their defaults (so a new key with a default does not make every finished run stale);
+    a file the current config cannot read is returned raw (and so differs)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        return to_dict(load_config(FitGraphConfig, path))
+    except (ConfigError, TypeError, ValueError):
+        return raw
+
+
+def with_behaviors_of(graph: EmbeddingTable | None, source: EmbeddingTable, behavior_config: str) -> EmbeddingTable:
+    """``graph`` with ``source``'s behavior table (a recipe's ``behavior_config``); the origin goes into its metadata."""
+    if graph is None:
+        raise ConfigError(f"behavior_config: {behavior_config} gives behavior vectors for the graph modality, "
+                          "but the recipe has no graph_config")
+    if source.behavior is None:
+        raise ConfigError(f"behavior_config: the {source.metadata.get('model')} run of {behavior_config} exported no "
+                          "behavior table (MBHT and DreamRec do; SASRec/GRU4Rec/BERT4Rec with model.use_behaviors=true)")
+    if source.metadata.get("behaviors") != graph.metadata.get("behaviors"):
+        raise ConfigError(f"behavior_config: {behavior_config} has behaviors {source.metadata.get('behaviors')}, the "
+                          f"graph table {graph.metadata.get('behaviors')}")
+    log.info("behavior vectors: %s table %s from %s (in place of the %s run's)", source.metadata.get("model"),
+             tuple(source.behavior.shape), behavior_config, graph.metadata.get("model"))
+    origin = {"config": str(behavior_config), "model": source.metadata.get("model")}
+    return replace(graph, behavior=source.behavior, metadata={**graph.metadata, "behavior_source": origin})
 
 
 def ensure_inputs(cfg: Any) -> tuple[SequenceDataset, Any]:
@@ -169,6 +197,8 @@ def ensure_inputs(cfg: Any) -> tuple[SequenceDataset, Any]:
     dataset = ensure_dataset(cfg.data_config, list(cfg.data_overrides))
     item_tables = ensure_item_tables(cfg.encode_config, dataset) if cfg.encode_config else {}
     graph = ensure_graph_table(cfg.graph_config, dataset) if cfg.graph_config else None
+    if cfg.behavior_config:
+        graph = with_behaviors_of(graph, ensure_graph_table(cfg.behavior_config, dataset), cfg.behavior_config)
     tables = ModalityTables(text=item_tables.get("text"), image=item_tables.get("image"), graph=graph)
     for name in ("image", "text", "graph"):
         table = getattr(tables, name)
