@@ -127,9 +127,12 @@ class ModalityTables:
 
     def description(self) -> dict[str, Any]:
         """Shapes and producers, saved with a checkpoint to catch a mismatched reload."""
-        return {name: {"shape": list(table.item.shape), "model": table.metadata.get("model"),
-                       "dataset_fingerprint": table.metadata.get("dataset_fingerprint")}
-                for name, table in self.present().items()}
+        described = {name: {"shape": list(table.item.shape), "model": table.metadata.get("model"),
+                            "dataset_fingerprint": table.metadata.get("dataset_fingerprint")}
+                     for name, table in self.present().items()}
+        if self.graph is not None and "behavior_source" in self.graph.metadata:  # a recipe's behavior_config
+            described["graph"]["behavior_source"] = self.graph.metadata["behavior_source"]
+        return described
 
 
 @dataclass

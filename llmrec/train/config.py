@@ -95,6 +95,10 @@ class TrainConfig:
     """Data config YAML (llmrec.data); with encode/graph configs read by llmrec.pipeline.stages.ensure_inputs."""
     encode_config: str | None = None
     graph_config: str | None = None
+    behavior_config: str | None = None
+    """Graph config (configs/graph/*.yaml) whose run's ``behavior`` table fills the behavior slots (Eq. 4) in place of
+    graph_config's own, e.g. MBHT's behaviors beside MDSRec's or SASRec's item table (they export none).
+    null (default): graph_config's behavior table, as before. Trained or reused like graph_config, on the same data."""
     data_overrides: list[str] = field(default_factory=list)
     """Dotted overrides applied to the data config (e.g. ``max_history=10``)."""
     model: ModelConfig = field(default_factory=ModelConfig)
