@@ -28,6 +28,7 @@ Writes ``shop_experiment.json``, ``shop_experiment.md``, ``shop_experiment.png``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import platform
@@ -38,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from learning_curves import read_curve  # bench/ is on sys.path when a script there runs
 from matplotlib.figure import Figure
-from rule_rows import rule_rows  # bench/ is on sys.path when a script there runs
+from rule_rows import rule_rows
 
 from graph_encoders.predictions import predictions_path
 from llmrec.config import load_config
@@ -114,17 +116,9 @@ def hits_of(path: Path, rows: np.ndarray) -> np.ndarray:
 
 
 def learning_curve(recipe: str) -> list[dict]:
-    cfg = load_train_config(ROOT / recipe)
-    path = ROOT / cfg.output_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    curve, wall = [], 0.0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        wall += record["seconds"]
-        if record.get("eval"):
-            curve.append({"step": record["step"], "train_seconds": wall, "HR@1": record["eval"]["HR@1"]})
-    return curve
+    """Validation points (step, training seconds, HR@1) of a row's run; empty before it has any."""
+    path = ROOT / load_train_config(ROOT / recipe).output_dir / "metrics.jsonl"
+    return read_curve(path)["validation"] if path.is_file() else []
 
 
 def plot(results: dict, curves: dict, out: Path) -> None:
@@ -161,12 +155,13 @@ def plot(results: dict, curves: dict, out: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Synthetic shop (`configs/data/shop.yaml`, `max_history=20`: the recipes' split, fingerprint "
+    intro = (f"Synthetic shop (`configs/data/shop.yaml`, `max_history=20`: the recipes' split, fingerprint "
              f"{results['fingerprint'][:12]}), {results['n_users']} test users x {results['n_candidates']} frozen "
              f"candidates; generation on a seeded subset of {results['generate_users']} users. "
-             f"HR@1 with a 95% bootstrap interval over users ({N_BOOT} resamples).", "",
-             "| row | HR@1 (rank) | 95% CI | HR@3 | NDCG@3 | gen HR@1 | gen HR@1 (valid) | ValidRatio | "
-             "constrained HR@1 | steps | train min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"HR@1 with a 95% bootstrap interval over users ({N_BOOT} resamples).")
+    header = ("| row | HR@1 (rank) | 95% CI | HR@3 | NDCG@3 | gen HR@1 | gen HR@1 (valid) | ValidRatio | "
+              "constrained HR@1 | steps | train min |")
+    lines = [intro, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
         low, high = row["HR@1_ci95"]
         gen = row.get("generate", {})
@@ -248,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         assert abs(per_user[name].mean() - metrics["HR@1"]) < 1e-9, name  # one set of users, one metric
         results_rows[name] = {"HR@1": metrics["HR@1"], "HR@1_ci95": list(bootstrap_interval(per_user[name], N_BOOT)),
                               "HR@3": metrics["HR@3"], "NDCG@3": metrics["NDCG@3"], **extra.get(name, {})}
-    pairs = [(a, b) for a, b in zip(TABLE3, TABLE3[1:])]  # neighbouring Table 3 rows
+    pairs = list(itertools.pairwise(TABLE3))  # neighbouring Table 3 rows
     pairs += [(other, FULL) for other in ("full TMF, no curriculum", "LLaRA", *CONVENTIONAL, *RULES_COMPARED)]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
     paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]
