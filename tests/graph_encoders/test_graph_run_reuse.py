@@ -2,6 +2,7 @@
 
 import logging
 
+import pytest
 import torch
 import yaml
 
@@ -98,3 +99,32 @@ def test_an_unfinished_run_continues_from_its_checkpoint(tmp_path, make_tiny, ca
     assert "resumed from" in caplog.text
     assert _metrics(run_dir)["epochs_trained"] == 2
     assert torch.equal(ensure_graph_table(path, dataset).item, table)
+
+
+def test_a_run_saved_before_a_config_key_existed_is_reused(tmp_path, make_tiny):
+    dataset = make_tiny()
+    path = _config(tmp_path)
+    run_dir = ensure_graph_run(path, dataset)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["encode"]  # as written before fit-graph had the key
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+    assert ensure_graph_run(path, dataset) == run_dir
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp  # not trained again
+
+
+def test_behavior_config_takes_another_runs_behavior_table(tmp_path, make_tiny):
+    from llmrec.config import ConfigError
+    from llmrec.pipeline.stages import with_behaviors_of
+
+    dataset = make_tiny()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    items = ensure_graph_table(_config(tmp_path / "a"), dataset)  # SASRec without behaviors: no behavior table
+    behaviors = ensure_graph_table(_config(tmp_path / "b", model={**TINY["model"], "use_behaviors": True}), dataset)
+    assert items.behavior is None and behaviors.behavior.shape == (dataset.n_behaviors, 16)
+    merged = with_behaviors_of(items, behaviors, "b.yaml")
+    assert torch.equal(merged.item, items.item) and torch.equal(merged.behavior, behaviors.behavior)
+    assert merged.metadata["behavior_source"] == {"config": "b.yaml", "model": "sasrec"}
+    with pytest.raises(ConfigError, match="behavior_config"):
+        with_behaviors_of(behaviors, items, "a.yaml")  # that run has no behavior table
