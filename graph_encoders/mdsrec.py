@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graph_encoders.base import DatasetSpec, ModelConfig, SeqBatch, SequentialRecommender, register_model
-from graph_encoders.layers import TransformerEncoder, attention_mask, init_weights
+from graph_encoders.layers import MultiHeadAttention, TransformerEncoder, attention_mask, init_weights
 from graph_encoders.selection import cluster_mean_matrix, co_occurrence, kmeans, knn_graph, relaxed_selection, row_normalize
 from llmrec.config import ConfigError
 
@@ -122,7 +122,13 @@ class MDSRecConfig(ModelConfig):
 
 
 class CenterUpdate(nn.Module):
-    """Eq. 15 as printed: ``σ((g W_1 + b_1) W_2 + b_2)``."""
+    """Eq. 12-15 for one layer: the centres attend with that layer's attention, then ``σ((g W_1 + b_1) W_2 + b_2)``.
+
+    ``W_1`` and ``W_2`` are this module's; ``Q``, ``K``, ``V`` and the output map ``U`` (Eq. 14) are the
+    Transformer layer's (passed in). ``U``, ``W_1`` and ``W_2`` are linear maps applied in a row, so they
+    are composed into one ``[d, d]`` map before touching the ``[B, P, k, d]`` centres (same result, less
+    memory). No attention dropout on the centres' attention (the paper mentions none).
+    """
 
     def __init__(self, hidden_size: int, inner_size: int, activation: str) -> None:
         super().__init__()
@@ -130,8 +136,24 @@ class CenterUpdate(nn.Module):
         self.second = nn.Linear(inner_size, hidden_size)
         self.activation = ACTIVATIONS[activation]()
 
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.second(self.first(g)))
+    def forward(self, attention: MultiHeadAttention, centers: torch.Tensor, keys: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """``centers`` ``[k, d]`` or ``[B, P, k, d]`` attend over ``keys`` ``[B, L, d]``; ``mask`` ``[B, P, L]`` bool."""
+        b, length, d = keys.shape
+        h, dh = attention.num_heads, attention.head_dim
+        span = mask.shape[1]
+        query = attention.query(centers).view(*centers.shape[:-1], h, dh)
+        key = attention.key(keys).view(b, length, h, dh)
+        value = attention.value(keys).view(b, length, h, dh)
+        if query.dim() == 3:  # the initial centres are the same at every position
+            scores = torch.einsum("khe,bshe->bhks", query, key)[:, :, None].expand(b, h, span, -1, length)
+        else:
+            scores = torch.einsum("bpkhe,bshe->bhpks", query, key)
+        scores = scores.masked_fill(~mask[:, None, :, None, :], -torch.inf) / dh**0.5  # Eq. 12
+        heads = torch.einsum("bhpks,bshe->bpkhe", torch.softmax(scores, dim=-1), value)  # Eq. 13
+        weight = self.second.weight @ self.first.weight @ attention.output.weight  # U, W_1, W_2 composed
+        bias = self.second.weight @ (self.first.weight @ attention.output.bias + self.first.bias) + self.second.bias
+        return self.activation(F.linear(heads.reshape(b, span, -1, d), weight, bias))  # Eq. 14-15
 
 
 @register_model("mdsrec")
@@ -216,36 +238,43 @@ class MDSRec(SequentialRecommender):
         positions = torch.arange(self.config.max_len - length, self.config.max_len, device=items.device)
         return self.dropout(F.embedding(items, padded) + self.positions(positions)[None])  # Eq. 7 / 9
 
-    def _modal_channel(self, modality: str, x: torch.Tensor, valid: torch.Tensor,
-                       centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 9 with Eq. 12-16 alongside: ``(E_u^m [B, L, d], E_c^m [B, L, k, d])``, centres per position."""
+    def _modal_channel(self, modality: str, x: torch.Tensor, valid: torch.Tensor, centers: torch.Tensor,
+                       newest_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 9 with Eq. 12-16 alongside: ``(E_u^m [B, L, d], E_c^m [B, P, k, d])``, centres per position.
+
+        ``P = L`` (every position, training) or ``P = 1`` (the newest position only: scoring needs no more).
+        """
         encoder = self.modal_encoders[modality]
         mask = attention_mask(valid, causal=True)  # [B, 1, L, L]
         keep = valid[..., None].to(x.dtype)
-        b, length, d = x.shape
-        k = centers.shape[0]
-        center_mask = mask.repeat_interleave(k, dim=2)  # query (t, c) sees keys <= t, like position t
-        centers = centers.expand(b, length, k, d)  # Ê_c^{m,0} = Ê_c^m at every position
+        center_mask = (mask[:, 0, -1:] if newest_only else mask[:, 0])  # [B, P, L]: centres at t see keys <= t
         x = x * keep
         for block, update in zip(encoder.blocks, self.center_updates[modality]):
             if self.config.centralized_attention:
                 keys = block.norm_attention(x)  # E_u^{m,l-1} as layer l's attention sees it (pre-norm)
-                g = block.attention(centers.reshape(b, length * k, d), keys, center_mask)  # Eq. 12-14
-                centers = update(g).view(b, length, k, d)  # Eq. 15
+                centers = update(block.attention, centers, keys, center_mask)  # Eq. 12-15
             x = block(x, mask) * keep
+        if centers.dim() == 2:  # w/o ICA: the centres are not used
+            centers = centers.expand(x.shape[0], center_mask.shape[1], *centers.shape)
         return encoder.final_norm(x), centers  # Eq. 9, Eq. 16
 
-    def channels(self, batch: SeqBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(e^s [B, L, d] (Eq. 17), {m: ẽ^m [B, L, d]} (Eq. 18), item tables)`` at every position."""
+    def channels(self, batch: SeqBatch, newest_only: bool = False
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(e^s (Eq. 17), {m: ẽ^m} (Eq. 18), item tables)``, each ``[B, L, d]`` (``[B, 1, d]``: newest only)."""
         tables = self.item_tables()
         valid = batch.valid
         fused = self.id_encoder(self._embed(tables["id_input"], batch.items), valid, causal=True)  # Eq. 7-8
+        if newest_only:
+            fused = fused[:, -1:]
         centred = {}
         for m in self.modalities:
             sequence, centers = self._modal_channel(
                 m, self._embed(tables[m], batch.items), valid,
                 getattr(self, f"cluster_means_{m}") @ tables[m],  # Eq. 11
+                newest_only,
             )
+            if newest_only:
+                sequence = sequence[:, -1:]
             fused = fused + self.rho[m] * sequence  # Eq. 17
             if self.config.centralized_attention:
                 logits = torch.einsum("bld,blkd->blk", sequence, centers)
@@ -266,7 +295,7 @@ class MDSRec(SequentialRecommender):
 
     def channel_scores(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
         """Per-channel scores over all items at the newest position, ``{"id": ŷ^s, m: ŷ^m}`` (Eq. 20-21)."""
-        fused, centred, tables = self.channels(batch)
+        fused, centred, tables = self.channels(batch, newest_only=True)
         scores = {"id": fused[:, -1] @ tables["id"].T}
         for m, sequence in centred.items():
             scores[m] = sequence[:, -1] @ tables[m].T
