@@ -32,6 +32,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,11 +89,14 @@ class DatasetSpec:
     text_table: torch.Tensor | None = None  # [n_items, d_text], for models that read "text" (zero row = no text)
     image_table: torch.Tensor | None = None  # [n_items, d_image], for models that read "image" (zero row = no image)
     n_users: int | None = None  # internal user indices 0..n_users-1 (models with a user embedding need it)
+    # each user's training part ``items[:valid_pos]`` (models that build item graphs from it, e.g. MDSRec)
+    train_sequences: list[np.ndarray] | None = None
 
     @classmethod
     def from_dataset(cls, dataset: Any, **tables: torch.Tensor | None) -> DatasetSpec:
         return cls(dataset.n_items, dataset.n_behaviors, dataset.target_behavior_index, **tables,
-                   n_users=len(dataset.user_ids))
+                   n_users=len(dataset.user_ids),
+                   train_sequences=[seq.items[: seq.valid_pos] for seq in dataset.sequences])
 
 
 @dataclass

@@ -173,7 +173,7 @@ class MDSRec(SequentialRecommender):
         if dropped:
             log.info("MDSRec: no %s channel (table absent or not in model.modalities)", "/".join(dropped))
         super().__init__(config, spec)
-        sequences = getattr(spec, "train_sequences", None)
+        sequences = spec.train_sequences
         if sequences is None:
             raise ValueError("MDSRec builds its item graphs from the training part: DatasetSpec.train_sequences "
                              "(each user's items[:valid_pos]) is missing")

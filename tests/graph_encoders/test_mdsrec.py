@@ -28,10 +28,7 @@ def spec_of(dataset, text: bool = True, image: bool = True, seed: int = 0) -> Da
     g = torch.Generator().manual_seed(seed)
     tables = {"text_table": torch.randn(dataset.n_items, 12, generator=g) if text else None,
               "image_table": torch.randn(dataset.n_items, 20, generator=g) if image else None}
-    spec = DatasetSpec.from_dataset(dataset, **tables)
-    if getattr(spec, "train_sequences", None) is None:  # stand-in until DatasetSpec.from_dataset fills it
-        spec.train_sequences = [seq.items[: seq.valid_pos] for seq in dataset.sequences]
-    return spec
+    return DatasetSpec.from_dataset(dataset, **tables)
 
 
 def build(spec, seed: int = 0, **overrides) -> MDSRec:
