@@ -226,6 +226,15 @@ def make_generator(cfg: InferConfig, model: Any, tokenizer_collator: Any, answer
                        autocast_dtype=autocast)
 
 
+def rank_prompts(cfg: InferConfig, model: Any, answer_collator: Any, renderer: Any, prompts: list[Any],
+                 autocast: torch.dtype | None, progress: bool = True) -> np.ndarray:
+    """``[n_prompts, C]`` candidate log-likelihoods under the run's autocast (``cfg.rank_batch_size``, ``rank_method``)."""
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return candidate_log_likelihoods(model, answer_collator, renderer, prompts, cfg.rank_batch_size, progress,
+                                         method=cfg.rank_method)
+
+
 def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool = True) -> Path:
     """Write the predictions of ``cfg`` on ``dataset`` with ``tables`` (the recipe's, built by
     ``llmrec.pipeline.stages.ensure_inputs``) and return their path."""
@@ -260,9 +269,7 @@ def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool
         timings["generate_s"] = time.perf_counter() - t0
     if cfg.mode in ("rank", "both"):
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            scores = candidate_log_likelihoods(model, answer_collator, renderer, prompts, cfg.rank_batch_size,
-                                               progress, method=cfg.rank_method)
+        scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
         timings["rank_s"] = time.perf_counter() - t0
     records = prediction_records(dataset, renderer, cfg.split, rows, prompts, generations, scores, cfg.save_prompts)
     write_jsonl(output, records)

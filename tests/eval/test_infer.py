@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tmf_testkit import save_checkpoint  # registered by tests/conftest.py
 
 from llmrec.config import ConfigError, save_config
 from llmrec.eval.infer import (InferConfig, default_output, load_infer_config, resolve_checkpoint, run_inference,
@@ -19,22 +20,10 @@ from llmrec.eval.infer import (InferConfig, default_output, load_infer_config, r
 from llmrec.eval.report import evaluate_files
 from llmrec.pipeline.cli import main as cli_main
 from llmrec.pipeline.commands import inference_inputs
-from llmrec.tmf.model import ModalityTables, TMFModel
+from llmrec.tmf.model import ModalityTables
 from llmrec.train.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def save_checkpoint(folder: Path, lm_dir: Path, tables, *overrides: str) -> Path:
-    """What the trainer writes that inference reads: model files + train_config.yaml."""
-    import torch
-    from tmf_testkit import tiny_model_config
-
-    torch.manual_seed(1)
-    TMFModel(tiny_model_config(lm_dir), tables).save_pretrained(folder)
-    train_cfg = load_train_config(None, [f"model.lm.name_or_path={lm_dir}", "eval.candidates.size=5", *overrides])
-    save_config(train_cfg, folder / "train_config.yaml")
-    return folder
 
 
 def hand_rank(scores: list[float], target: int) -> int:

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmrec.config import save_config
 from llmrec.tables import EmbeddingTable
 from llmrec.tmf.lm import LMConfig, load_tokenizer
-from llmrec.tmf.model import ModalityTables, ModelConfig
+from llmrec.tmf.model import ModalityTables, ModelConfig, TMFModel
+from llmrec.train.config import load_train_config
 
 TEXT_DIM, IMAGE_DIM, GRAPH_DIM = 16, 12, 8
 
@@ -74,6 +76,15 @@ def random_tables(n_items: int, n_behaviors: int, seed: int = 0, image: bool = T
         graph=EmbeddingTable(torch.randn(n_items, GRAPH_DIM, generator=gen), ones,
                              behavior=torch.randn(n_behaviors, GRAPH_DIM, generator=gen),
                              metadata={"model": "random-graph"}))
+
+
+def save_checkpoint(folder: Path, lm_dir: Path, tables, *overrides: str) -> Path:
+    """What the trainer writes that inference reads: model files (random init, seed 1) + train_config.yaml."""
+    torch.manual_seed(1)
+    TMFModel(tiny_model_config(lm_dir), tables).save_pretrained(folder)
+    train_cfg = load_train_config(None, [f"model.lm.name_or_path={lm_dir}", "eval.candidates.size=5", *overrides])
+    save_config(train_cfg, folder / "train_config.yaml")
+    return folder
 
 
 # ----------------------------------------------------------------------------- fixtures
