@@ -4,7 +4,9 @@
   temporary file beside the target, then renames it onto the target;
 * folders: :func:`temp_folder_beside` gives a temporary sibling folder to fill, :func:`commit_folder` renames it
   into place (replacing or refusing an existing one), :func:`move_files_into` moves a filled temporary folder's
-  files into an existing folder one rename at a time, named marker files last.
+  files into an existing folder one rename at a time, named marker files last;
+* growing JSONL files (resumable outputs): :func:`append_jsonl` appends whole lines, :func:`complete_jsonl` reads
+  them back and cuts off a line torn by a crash.
 
 Everything published gets the permissions of a normally created file or folder (``tempfile`` makes them
 0600 / 0700).
@@ -107,3 +109,30 @@ def move_files_into(tmp: str | Path, folder: str | Path, last: Iterable[str] = (
     for item in sorted(Path(tmp).iterdir(), key=lambda f: f.name in last):
         _usual_permissions(item)
         os.replace(item, folder / item.name)
+
+
+def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append one JSON line per record, each by one ``write`` then ``fsync``: a crash leaves every earlier line
+    whole and at most the last one torn (:func:`complete_jsonl` cuts that one off)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        for record in records:
+            os.write(fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def complete_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file written by :func:`append_jsonl` ([] when it does not exist); a last line without
+    its newline (a write cut short) is removed from the file, so appending continues on a line boundary."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        os.truncate(path, end)
+    return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]

@@ -17,6 +17,7 @@ COMMANDS = {
     "infer": ("llmrec.pipeline.commands:infer_main", "generate or rank candidates for test users"),
     "evaluate": ("llmrec.eval.report:main", "HitRate@1, ValidRatio and ranking metrics from predictions"),
     "pipeline": ("llmrec.pipeline.run:main", "run every stage of a recipe in order (the quickstart)"),
+    "recommend": ("llmrec.pipeline.recommend:recommend_main", "recommend for new histories (JSONL), resumable"),
 }
 
 
