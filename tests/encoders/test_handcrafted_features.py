@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llmrec.data import synthetic
 from llmrec.encoders.handcrafted import TEXTURE_FEATURES, HandcraftedImageFeatures
 
 
@@ -72,7 +73,6 @@ def test_deterministic_and_settings_change_the_fingerprint(swatches):
 
 
 def test_separates_the_synthetic_shops_drawn_products():
-    synthetic = pytest.importorskip("llmrec.data.synthetic")
     rng = np.random.default_rng(0)
     images, labels = [], []
     for color in ("red", "blue", "yellow", "gray"):

@@ -85,8 +85,6 @@ def test_config_errors_name_the_key(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_graph_config_loads(path):
-    if path.stem.startswith("mbht"):
-        pytest.importorskip("graph_encoders.mbht")
     config = load_config(FitGraphConfig, path)
     assert path.stem.startswith(config.model_name)
     data_config = Path(__file__).resolve().parents[2] / config.data
