@@ -68,13 +68,39 @@ def test_generation_stops_after_the_first_non_blank_line(tokenizer):
     assert stopper.lengths(ids, [eos]) == [ids.shape[1] - 2]  # cut right after the end token
 
 
-def test_every_output_is_cut_at_its_first_line(tmf_model, collator_pair, hard_prompts):
-    texts = HFGenerator(tmf_model, collator_pair[0], GenerationSettings(max_new_tokens=24)).generate(
-        hard_prompts, batch_size=3, progress=False)
-    assert len(texts) == len(hard_prompts)
-    for text in texts:
-        body = text.lstrip()
-        assert "\n" not in body.rstrip("\n")  # at most the line break that ended the first line
+def test_every_output_is_cut_at_its_first_line(tmf_model, collator_pair, hard_prompts, tokenizer):
+    """A random model rarely emits a line break, so the LM head is scripted: row r must emit script[r] token by
+    token. Each output is then its first non-blank line (or ends at the end token), and generation stops as soon
+    as every row is done instead of running to max_new_tokens (catches a stopping criterion that never fires,
+    or one that fires on leading blank lines)."""
+    generator = HFGenerator(tmf_model, collator_pair[0], GenerationSettings(max_new_tokens=24))
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    scripts = [ids(" Red tent\nBlue tent\n" + " more" * 30),
+               ids("\n\n Camping Tent\nnext" + " more" * 30),  # leading blank lines do not end the answer
+               ids(" Yoga Mat") + [generator.eos_ids[0]] + ids(" more" * 30)]
+    expected = [" Red tent\n", "\n\n Camping Tent\n", " Yoga Mat"]
+    steps = []
+
+    def force_script(module, args, logits):
+        k = len(steps)
+        steps.append(k)
+        forced = torch.full_like(logits[:, -1], -1e9)
+        for row, script in enumerate(scripts):
+            forced[row, script[k]] = 0.0
+        logits = logits.clone()
+        logits[:, -1] = forced
+        return logits
+
+    handle = tmf_model.causal_lm.get_output_embeddings().register_forward_hook(force_script)
+    try:
+        texts = generator.generate(hard_prompts[:3], batch_size=3, progress=False)
+    finally:
+        handle.remove()
+    assert texts == expected
+    assert len(steps) < 24  # stopped once the last row finished its line, not at max_new_tokens
 
 
 def test_constrained_decoding_names_exactly_one_candidate(tmf_model, collator_pair, hard_prompts, renderer):

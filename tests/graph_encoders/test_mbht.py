@@ -319,7 +319,9 @@ def test_fit_graph_trains_evaluates_and_exports(tmp_path, make_tiny):
     ])
     result = fit_graph(cfg, dataset=make_tiny(), progress=False)
     assert result.metrics["model"] == "mbht" and result.metrics["epochs_trained"] == 2
-    assert 0.0 <= result.metrics["test"]["uni5/HR@1"] <= 1.0
+    # two epochs already put the planted next item (+1, 85% of steps) in the top 5 of all 30 items more often
+    # than chance (measured 0.33 vs 5/30): catches scores that ignore the sequence or a test split mis-evaluated
+    assert result.metrics["test"]["full/HR@5"] > 5 / 30
     table = load_table(result.table_path)
     assert table.item.shape == (30, 16) and table.behavior.shape == (3, 16)
     assert table.metadata["behaviors"] == ["view", "cart", "buy"]

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from llmrec.config import ConfigError, load_config
+from llmrec.tmf.model import ADAPTOR_GROUPS
 from llmrec.tmf.tasks import TASKS, TRAINABLE_BY_TASK, trainable_parts
 from llmrec.train.curriculum import CurriculumConfig, CurriculumSampler
 
@@ -115,12 +116,13 @@ def test_config_validation_and_yaml_loading(tmp_path):
         load_config(CurriculumConfig, None, ["t1=3"])
 
 
-def test_trainable_parts_follow_eq_9_to_11():
-    assert TRAINABLE_BY_TASK == {
-        "easy": {"lora"},
-        "medium": {"lora", "behavior_adaptor"},
-        "hard": {"lora", "behavior_adaptor", "fusion", "item_adaptor"},
-    }
+def test_routing_table_covers_the_models_parameter_groups():
+    """Every task in the table and every name a group TMFModel trains: a misspelt or renamed group would
+    silently train nothing, a new adaptor group missing from the hard task would never be trained (Eq. 11
+    trains them all). What each task's gradient actually reaches is tested on a model in
+    tests/tmf/test_tmf_model.py::test_gradient_reaches_exactly_the_task_parameters."""
+    assert tuple(TRAINABLE_BY_TASK) == TASKS
+    assert trainable_parts("hard") == {"lora", *ADAPTOR_GROUPS}
     assert trainable_parts("easy") < trainable_parts("medium") < trainable_parts("hard")
     with pytest.raises(ValueError, match="unknown task"):
         trainable_parts("expert")

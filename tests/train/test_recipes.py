@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from llmrec.config import ConfigError
+from llmrec.encoders.config import load_encode_config
 from llmrec.pipeline.commands import train_main as main
 from llmrec.train.config import load_train_config
 
@@ -43,11 +44,14 @@ def test_paper_recipe_matches_section_5_1():
     assert cfg.batch_size * cfg.gradient_accumulation_steps == 64 and cfg.epochs <= 3
 
 
-def test_ml100k_recipe_says_images_are_absent():
-    text = (REPO / "configs/tmf_smollm2_ml100k.yaml").read_text()
-    assert "no item images" in text
-    encode = yaml.safe_load((REPO / load_train_config(REPO / "configs/tmf_smollm2_ml100k.yaml").encode_config).read_text())
-    assert encode["image"]["kind"] == "none"
+@pytest.mark.parametrize("recipe, modalities", [("tmf_smollm2_ml100k.yaml", ["text"]),  # ML-100k has no images
+                                                ("tmf_smollm2_shop.yaml", ["text", "image"])])
+def test_recipe_encodes_the_modalities_its_dataset_has(recipe, modalities):
+    """The recipe's encode config, loaded and validated as ``llmrec encode`` loads it, encodes exactly these
+    modalities (a missing one reaches TMF as an absent, masked table): catches a recipe pointed at another
+    dataset's encode config or a misspelt encoder kind."""
+    encode = load_encode_config(REPO / load_train_config(REPO / "configs" / recipe).encode_config)
+    assert encode.modalities == modalities
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -13,9 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llmrec.generation.ranking import candidate_log_likelihoods
 from llmrec.tmf.model import TMFModel
 from llmrec.train import checkpoint as ckpt
 from llmrec.train.config import OptimizerSettings, load_train_config
+from llmrec.train.curriculum import CurriculumSampler
 from llmrec.train.loop import Trainer, train
 from llmrec.train.schedule import learning_rate, plan_epoch
 
@@ -141,10 +143,19 @@ def test_trainer_sees_every_task_and_logs_progress(tmp_path, tiny_lm_dir, shop, 
         trainer = Trainer(cfg, shop, tables)
         trainer.run()
     counts = trainer.curriculum.task_counts
-    assert counts["hard"] > 0 and counts["medium"] > 0 and sum(counts.values()) == 6 * 4
+    assert min(counts.values()) > 0 and sum(counts.values()) == 6 * 4  # easy, medium and hard all trained
     assert any("p(easy/medium/hard)" in r.getMessage() for r in caplog.records)
     records = [json.loads(x) for x in trainer.metrics_file.read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
+    # the tasks the model was given (the batches' own task labels) are the curriculum's draws for that step,
+    # replayed on a fresh sampler: catches an off-by-one step (step 0 is all easy at T1 = 1), draws that do not
+    # reach the batch, or a renderer that ignores the task
+    replay = CurriculumSampler(trainer.curriculum.cfg)
+    for r in records:
+        drawn = replay.sample(r["step"] - 1, n=sum(r["tasks"].values()), substep=0)
+        assert r["tasks"] == {t: drawn.count(t) for t in sorted(set(drawn))}, f"step {r['step']}"
+    assert records[0]["tasks"] == {"easy": 4}
+    assert replay.task_counts == counts
     assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in records)
 
 
@@ -152,4 +163,11 @@ def test_validation_runs_every_n_steps_and_after_the_last(tmp_path, tiny_lm_dir,
     trainer = Trainer(tiny_config(tmp_path, tiny_lm_dir, "evals", "max_steps=3", "eval.every=2"), shop, tables)
     trainer.run()
     assert [r["step"] for r in trainer.eval_history] == [2, 3]
-    assert all(0.0 <= r["HR@1"] <= 1.0 for r in trainer.eval_history)
+    # the last validation is the final weights' HR@1 on the fixed validation prompts, recomputed here with the
+    # reference ranking path (one full sequence per candidate): catches evaluating stale weights, other prompts,
+    # or a metric averaged over the wrong count
+    prompts = trainer.eval_prompts()
+    scores = candidate_log_likelihoods(trainer.unwrapped.eval(), trainer.eval_collator, trainer.renderer, prompts,
+                                       progress=False, method="full")
+    hits = sum(int(np.argmax(row) == p.target_index) for row, p in zip(scores, prompts))
+    assert len(prompts) == 4 and trainer.eval_history[-1]["HR@1"] == pytest.approx(hits / 4)
