@@ -195,11 +195,12 @@ class Recommender:
             seen = set(items)
             pool = [k for k in range(len(self.dataset.item_ids)) if k not in seen]
         else:
-            pool = []
+            pool, listed = [], set()
             for k, item_id in enumerate(candidates):
                 index = self._item(item_id, f"candidate {k}", unknown, skipped)
-                if index is not None and index not in pool:
+                if index is not None and index not in listed:  # a repeated candidate is scored once
                     pool.append(index)
+                    listed.add(index)
         return _Query(items, behaviors, pool, skipped)
 
     # ------------------------------------------------------------------ prompts

@@ -96,6 +96,7 @@ def test_unknown_items_raise_or_are_skipped_and_counted(recommender, shop):
     skipped = recommender.recommend([history[0], ("no-such-item", "view"), *history[1:]],
                                     [candidates[0], "ghost", *candidates[1:]], unknown="skip")
     assert skipped.skipped == ["no-such-item", "ghost"] and clean.skipped == []
+    assert recommender.recommend(history, candidates + candidates[:2]).items == clean.items  # repeats scored once
     assert [(i.item_id, i.score) for i in skipped.items] == [(i.item_id, i.score) for i in clean.items]
 
 
