@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from datasets import Dataset
 
 from llmrec.data.types import SequenceDataset, UserSequence
@@ -54,3 +55,27 @@ def tiny_dataset() -> SequenceDataset:
 def make_tiny():
     """The :func:`make_tiny_dataset` factory (for tests that need several or custom ones)."""
     return make_tiny_dataset
+
+
+def fixed_mask_loss(model, batch, seed: int = 123) -> float:
+    """A Cloze model's loss with dropout off and the same masks every call (MBHT, DreamRec)."""
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        value = model.loss(batch).item()
+    model.train(was_training)
+    return value
+
+
+def train_steps(model, batch, steps: int, lr: float = 1e-2) -> list[float]:
+    """``steps`` Adam steps on one batch; the loss before each step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -19,6 +19,8 @@ from graph_encoders.export import embedding_table
 from graph_encoders.layers import LearnedQueryAttention
 from llmrec.config import ConfigError, load_config
 
+from .conftest import fixed_mask_loss
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 16, "max_len": 10, "inner_size": 32, "low_rank": 3, "pool_sizes": [3, 7], "semantic_top_k": 2}
 
@@ -43,16 +45,6 @@ def train_batch(dataset, n: int = 16) -> SeqBatch:
 def eval_batch(dataset, split: str = "valid") -> SeqBatch:
     batcher = SequenceBatcher(dataset, TINY["max_len"])
     return batcher.history_batch(*batcher.evaluation_rows(split))
-
-
-def fixed_mask_loss(model: DreamRec, batch: SeqBatch, seed: int = 123) -> float:
-    was_training = model.training
-    model.eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        value = model.loss(batch).item()
-    model.train(was_training)
-    return value
 
 
 # ---- config -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from graph_encoders.hypergraph import HypergraphConvolution, build_incidence, wi
 from graph_encoders.mbht import MBHT, MBHTConfig, segment_mean
 from llmrec.config import ConfigError, load_config
 
-from .conftest import make_tiny_dataset
+from .conftest import fixed_mask_loss, make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 16, "max_len": 10, "inner_size": 32, "low_rank": 3, "pool_sizes": [3, 7], "semantic_top_k": 2}
@@ -39,17 +39,6 @@ def train_batch(dataset, max_len: int, n: int = 16) -> SeqBatch:
 def eval_batch(dataset, max_len: int, split: str = "valid") -> SeqBatch:
     batcher = SequenceBatcher(dataset, max_len)
     return batcher.history_batch(*batcher.evaluation_rows(split))
-
-
-def fixed_mask_loss(model: MBHT, batch: SeqBatch, seed: int = 123) -> float:
-    """Loss with dropout off and the same Cloze masks every call."""
-    was_training = model.training
-    model.eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        value = model.loss(batch).item()
-    model.train(was_training)
-    return value
 
 
 # ---- config -----------------------------------------------------------------------------

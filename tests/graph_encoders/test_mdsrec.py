@@ -18,7 +18,7 @@ from graph_encoders.export import embedding_table
 from graph_encoders.mdsrec import MDSRec, MDSRecConfig
 from llmrec.config import ConfigError, load_config
 
-from .conftest import make_tiny_dataset
+from .conftest import make_tiny_dataset, train_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 16, "max_len": 8, "dropout": 0.0, "n_centers": 4, "top_h": 3, "num_heads": 2}
@@ -44,19 +44,6 @@ def train_batch(dataset):
 def eval_batch(dataset):
     batcher = SequenceBatcher(dataset, TINY["max_len"])
     return batcher.history_batch(*batcher.evaluation_rows("test"))
-
-
-def train(model, batch, steps, lr=1e-2):
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
 
 # ---- config ----------------------------------------------------------------------------
 def test_defaults_are_the_papers():
@@ -108,7 +95,7 @@ def test_loss_falls(tiny_dataset):
     model = build(spec_of(tiny_dataset), dropout=0.1)
     batch = train_batch(tiny_dataset)
     torch.manual_seed(3)
-    losses = train(model, batch, 40, lr=2e-2)
+    losses = train_steps(model, batch, 40, lr=2e-2)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
 
@@ -128,7 +115,7 @@ def test_same_seed_same_weights(tiny_dataset):
     for _ in range(2):
         model = build(spec, seed=7, dropout=0.1)
         torch.manual_seed(11)  # dropout and the Eq. 19 noise
-        train(model, batch, 3)
+        train_steps(model, batch, 3)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     other = build(spec, seed=8).state_dict()
@@ -145,7 +132,7 @@ def test_graphs_are_deterministic(tiny_dataset):
 def test_noise_only_in_training(tiny_dataset):
     model = build(spec_of(tiny_dataset))  # dropout 0: only the Eq. 19 noise is random
     torch.manual_seed(0)
-    train(model, train_batch(tiny_dataset), 20, lr=2e-2)  # the initial centres are near zero; let them grow
+    train_steps(model, train_batch(tiny_dataset), 20, lr=2e-2)  # the initial centres are near zero; let them grow
     batch = eval_batch(tiny_dataset)
     model.train()
     assert not torch.allclose(model.score_all(batch), model.score_all(batch))

@@ -8,6 +8,8 @@ from graph_encoders.batching import SequenceBatcher
 from graph_encoders.export import embedding_table
 from llmrec.config import ConfigError
 
+from .conftest import train_steps
+
 MODEL_NAMES = ["sasrec", "gru4rec", "bert4rec"]
 TINY = {"hidden_size": 16, "max_len": 8, "dropout": 0.1}
 
@@ -15,19 +17,6 @@ TINY = {"hidden_size": 16, "max_len": 8, "dropout": 0.1}
 def _build(name, dataset, seed=0, **params):
     torch.manual_seed(seed)
     return build_model(name, {**TINY, **params}, DatasetSpec.from_dataset(dataset))
-
-
-def _train(model, batch, steps, lr=1e-2):
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
 
 @pytest.mark.parametrize("use_behaviors", [False, True])
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -54,7 +43,7 @@ def test_loss_falls(name, tiny_dataset):
     batcher = SequenceBatcher(tiny_dataset, 8)
     batch = batcher.training_batch(batcher.training_windows().rows)
     torch.manual_seed(3)
-    losses = _train(model, batch, 40, lr=2e-2)
+    losses = train_steps(model, batch, 40, lr=2e-2)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
 
@@ -78,7 +67,7 @@ def test_same_seed_same_weights(name, tiny_dataset):
     for _ in range(2):
         model = _build(name, tiny_dataset, seed=7)
         torch.manual_seed(11)  # dropout and Cloze masks
-        _train(model, batch, 3)
+        train_steps(model, batch, 3)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     other = _build(name, tiny_dataset, seed=8).state_dict()
