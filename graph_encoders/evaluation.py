@@ -39,7 +39,7 @@ class CandidateProtocol:
     """Rank the target among a frozen candidate set (target + ``size - 1`` negatives)."""
 
     name: str  # prefix of the metric keys, e.g. "pop100"
-    sampler: Literal["popularity", "uniform"] = "popularity"
+    sampler: Literal["popularity", "uniform", "top_popular"] = "popularity"
     size: int = 101
     seed: int = 0
     ks: list[int] = field(default_factory=lambda: [5, 10, 30])

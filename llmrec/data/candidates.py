@@ -7,10 +7,16 @@ without replacement
 
 * ``uniform``: every allowed item equally likely (TMF Sec. 5.1, LLaRA);
 * ``popularity``: proportional to the item's number of interactions (any behavior)
-  in the filtered data (DreamRec Sec. 4.1.3 "based on item popularity", MBHT).
+  in the filtered data (DreamRec Sec. 4.1.3 "based on item popularity", MBHT);
+* ``top_popular``: the other reading of "100 popularity negatives", the one the MBHT
+  reference code uses: one fixed list, the ``size - 1`` most interacted items (ties by
+  item index), the same for every row; the entries a user interacted with are replaced by
+  uniformly drawn allowed items not already in the row. The list is deterministic; the
+  seed only decides the replacements.
 
 Drawing is successive sampling: i.i.d. draws from the sampler's distribution,
 rejecting interacted items and repeats, keeping the first ``size - 1`` accepted
+(``top_popular`` starts every row from the fixed list and draws only its holes)
 (vectorized over blocks of rows; the rare rows still short after many rounds are
 completed exactly with ``Generator.choice``). The row is then shuffled. The
 generator is ``numpy.random.default_rng(SeedSequence([seed, crc32(split),
@@ -37,7 +43,7 @@ from llmrec.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("uniform", "popularity")
+SAMPLERS = ("uniform", "popularity", "top_popular")
 BLOCK_ROWS = 8192  # rows sampled together (fixed: part of what makes the bytes reproducible)
 MAX_ROUNDS = 32  # vectorized rejection rounds before the exact per-row completion
 
@@ -87,12 +93,24 @@ def _first_occurrences(rows: np.ndarray) -> np.ndarray:
     return first
 
 
+def _top_popular_rows(users: np.ndarray, n_neg: int, n_items: int, keys: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """The fixed top-``n_neg`` list in every row, -1 where the row's user interacted with the item."""
+    top = np.argsort(-popularity, kind="stable")[:n_neg]
+    rows = np.broadcast_to(top, (users.size, n_neg)).copy()
+    rows[_is_interacted(users, rows, keys, n_items)] = -1
+    return rows
+
+
 def _sample_negatives(
-    rng: np.random.Generator, users: np.ndarray, n_neg: int, n_items: int, keys: np.ndarray, weights: np.ndarray | None
+    rng: np.random.Generator, users: np.ndarray, n_neg: int, n_items: int, keys: np.ndarray, weights: np.ndarray | None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``[len(users), n_neg]`` distinct non-interacted items per row (successive sampling)."""
+    """``[len(users), n_neg]`` distinct non-interacted items per row (successive sampling).
+
+    ``start`` (optional, ``[len(users), n_neg]``): entries kept as they are; only its -1 holes are drawn.
+    """
     cdf = None if weights is None else np.cumsum(weights)
-    chosen = np.full((users.size, n_neg), -1, dtype=np.int64)
+    chosen = np.full((users.size, n_neg), -1, dtype=np.int64) if start is None else start.astype(np.int64, copy=True)
     pending = np.arange(users.size)
     width = 2 * n_neg + 8
     for _ in range(MAX_ROUNDS):
@@ -113,6 +131,7 @@ def _sample_negatives(
     all_items = np.arange(n_items)
     for row in pending:  # exact completion for the few rows left
         have = chosen[row][chosen[row] >= 0]
+        chosen[row, :have.size] = have  # kept entries first (a top_popular row may have holes anywhere)
         allowed = all_items[~_is_interacted(users[row:row + 1], all_items[None, :], keys, n_items)[0]]
         allowed = np.setdiff1d(allowed, have)
         p = None if weights is None else weights[allowed] / weights[allowed].sum()
@@ -141,10 +160,17 @@ def sample_candidates(dataset: SequenceDataset, split: str, sampler: str, size: 
             f"({np.unique(users[short]).size} users are short); use a smaller size"
         )
     rng = candidate_rng(split, sampler, size, seed)
-    weights = item_popularity(dataset) if sampler == "popularity" else None
+    popularity = item_popularity(dataset) if sampler in ("popularity", "top_popular") else None
+    weights = popularity if sampler == "popularity" else None
     blocks = range(0, users.size, BLOCK_ROWS)
+
+    def start(block_users: np.ndarray) -> np.ndarray | None:
+        if sampler != "top_popular":
+            return None
+        return _top_popular_rows(block_users, n_neg, dataset.n_items, keys, popularity)
+
     negatives = [
-        _sample_negatives(rng, users[s:s + BLOCK_ROWS], n_neg, dataset.n_items, keys, weights)
+        _sample_negatives(rng, users[s:s + BLOCK_ROWS], n_neg, dataset.n_items, keys, weights, start(users[s:s + BLOCK_ROWS]))
         for s in tqdm(blocks, desc=f"candidates {split}/{sampler}/{size}", unit="block", disable=len(blocks) < 4)
     ]
     negatives = np.concatenate(negatives) if negatives else np.empty((0, n_neg), dtype=np.int64)

@@ -62,7 +62,7 @@ class CandidateSet:
     """
 
     split: str
-    sampler: str  # "uniform" | "popularity"
+    sampler: str  # "uniform" | "popularity" | "top_popular"
     size: int
     seed: int
     items: np.ndarray  # int64 [n_samples, size]

@@ -17,7 +17,7 @@ def test_candidate_properties(random_log_config):
     make, _ = random_log_config
     ds = prepare(make())
     for split in ("train", "valid", "test"):
-        for sampler in ("uniform", "popularity"):
+        for sampler in ("uniform", "popularity", "top_popular"):
             cands = load_candidates(ds, split, sampler=sampler, size=12, seed=1)
             targets = np.array(ds.samples[split]["target"])
             users = np.array(ds.samples[split]["user"])
@@ -76,6 +76,29 @@ def test_popularity_sampler_prefers_popular_items(random_log_config):
     assert mean_pop["popularity"] > 1.3 * mean_pop["uniform"]
 
 
+@pytest.mark.parametrize("rounds", [None, 0])  # 0: every row through the exact completion path
+def test_top_popular_is_one_fixed_list_with_only_seen_items_replaced(random_log_config, monkeypatch, rounds):
+    import llmrec.data.candidates as candidates
+
+    if rounds is not None:
+        monkeypatch.setattr(candidates, "MAX_ROUNDS", rounds)
+    make, _ = random_log_config
+    ds = prepare(make())
+    counts = np.bincount(np.concatenate([s.items for s in ds.sequences]), minlength=ds.n_items)
+    top = np.argsort(-counts, kind="stable")[:7]
+    a, b = (sample_candidates(ds, "test", "top_popular", 8, seed) for seed in (0, 1))
+    n_replaced = 0
+    for row_a, row_b, user in zip(a.items, b.items, ds.samples["test"]["user"]):
+        seen = set(ds.sequences[user].items.tolist())
+        kept = {int(i) for i in top if int(i) not in seen}
+        assert kept <= set(row_a.tolist()) and kept <= set(row_b.tolist())  # every unseen list item is there
+        fills_a = set(row_a.tolist()) - kept - seen
+        assert len(fills_a) == 7 - len(kept)  # the holes were filled with unseen items
+        n_replaced += 7 - len(kept)
+    assert n_replaced > 0  # the fixture's users did interact with popular items
+    assert not np.array_equal(a.items, b.items)  # the seed moves the fills and the order
+
+
 def test_too_few_negatives_names_the_user(random_log_config):
     make, _ = random_log_config
     ds = prepare(make())
@@ -83,7 +106,7 @@ def test_too_few_negatives_names_the_user(random_log_config):
         load_candidates(ds, "test", size=ds.n_items, seed=0)
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+@pytest.mark.parametrize("sampler", ["uniform", "popularity", "top_popular"])
 def test_exact_completion_path_and_a_full_candidate_row(random_log_config, monkeypatch, sampler):
     import llmrec.data.candidates as candidates
 
