@@ -10,7 +10,9 @@ resolved config), ``config.yaml``, ``embeddings.safetensors`` (+ ``.json``) and,
 ``write_predictions``, ``predictions-<split>-<protocol>.jsonl``: one line per evaluated row
 in ``llmrec infer``'s predictions format (:mod:`graph_encoders.predictions`), for every
 split and every protocol with at most 20 candidates (``uni10`` yes, ``pop100`` no: those
-files would be large).
+files would be large); and ``target_ranks-<split>.npz``: the 1-based (pessimistic) rank of each
+row's target under every candidate protocol, one int64 array per protocol name, so runs can be
+compared row by row (paired bootstrap, ``bench/seed_models.py``) without re-scoring.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from graph_encoders.base import (MODALITY_KINDS, DatasetSpec, SequentialRecommender, build_model, get_model_class,
                                  model_config)
 from graph_encoders.batching import SequenceBatcher
-from graph_encoders.evaluation import EvalConfig, evaluate_split
+from graph_encoders.evaluation import EvalConfig, SplitEvaluation, evaluate_split
 from graph_encoders.export import export_embeddings
 from graph_encoders.predictions import predictions_path, records_of, written_protocols
 from graph_encoders.trainer import CHECKPOINT_DIR, TrainConfig, Trainer, seed_everything
@@ -39,7 +42,8 @@ from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_o
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 from llmrec.data import load_data_config, prepare
 from llmrec.encoders import encode_items, load_encode_config
-from llmrec.io import write_json, write_jsonl
+from llmrec.io import atomic_write, write_json, write_jsonl
+from llmrec.metrics import target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +110,13 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     results: dict[str, Any] = {}
     eval_seconds: dict[str, float] = {}
     keep = written_protocols(config.eval) if config.write_predictions else []
+    every_protocol = [p.name for p in config.eval.protocols]
     for split in config.splits:
         t0 = time.perf_counter()
-        evaluation = evaluate_split(model, batcher, split, config.eval, progress=progress, keep_scores=keep)
+        evaluation = evaluate_split(model, batcher, split, config.eval, progress=progress, keep_scores=every_protocol)
         results[split] = evaluation.metrics
         eval_seconds[split] = time.perf_counter() - t0
+        write_target_ranks(run_dir / f"target_ranks-{split}.npz", evaluation)
         for protocol in keep:
             path = predictions_path(run_dir, split, protocol)
             write_jsonl(path, records_of(evaluation, dataset, split, protocol, config.model_name))
@@ -142,6 +148,18 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
     write_json(run_dir / "metrics.json", metrics)
     log.info("wrote %s", run_dir / "metrics.json")
     return FitResult(run_dir, metrics, table_path)
+
+
+def write_target_ranks(path: Path, evaluation: SplitEvaluation) -> None:
+    """Per-row 1-based target ranks of every kept protocol (what the protocol's metrics are computed from)."""
+    ranks = {name: target_ranks(scores, evaluation.candidates[name].target_index)
+             for name, scores in evaluation.scores.items()}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a temporary name
+            np.savez(handle, **ranks)
+
+    atomic_write(path, write)
 
 
 def dataset_spec(config: FitGraphConfig, dataset: Any) -> DatasetSpec:

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pytest
 import yaml
 
@@ -56,6 +57,13 @@ def test_fit_graph_command_writes_metrics_and_tables(tmp_path, model, capsys, ti
     assert table.metadata["model"] == model and len(table.metadata["item_ids"]) == 30
     assert table.metadata["dataset_fingerprint"] == metrics["dataset_fingerprint"]
     assert (out / "config.yaml").is_file() and (out / "checkpoint" / "trainer_state.json").is_file()
+    for split in ("valid", "test"):  # per-row target ranks: the protocol's metrics come back from them
+        with np.load(out / f"target_ranks-{split}.npz") as ranks:
+            names = sorted(ranks.files)
+            assert names and all(f"{name}/HR@1" in metrics[split] for name in names)
+            for name in names:
+                assert ranks[name].dtype == np.int64 and ranks[name].min() >= 1
+                assert np.isclose((ranks[name] == 1).mean(), metrics[split][f"{name}/HR@1"])
 
 
 def test_fit_graph_with_a_prepared_dataset_is_reproducible(tmp_path, make_tiny):
