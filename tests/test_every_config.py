@@ -106,6 +106,11 @@ ROW_CHANGES = {
     "baselines/llara_shop.yaml": {"graph_config": "configs/graph/sasrec_shop.yaml", "model.fusion.enabled": False,
                                   "curriculum.tasks": ["easy", "hard"], "prompts.behavior_slots": False},
 }
+# The ML-100k table: the same rows against tmf_full_ml100k.yaml (no images there: no separate AMSA-only row).
+ROW_CHANGES.update({
+    name.replace("_shop", "_ml100k"): {k: (v.replace("_shop", "_ml100k") if isinstance(v, str) else v) for k, v in change.items()}
+    for name, change in ROW_CHANGES.items() if "item_tokens_amsa" not in name
+})
 
 
 @pytest.mark.parametrize("name", sorted(ROW_CHANGES))
@@ -113,7 +118,8 @@ def test_ablation_rows_change_only_their_own_keys(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     from llmrec.config import to_dict
 
-    full = _flat(to_dict(_load_recipe(CONFIGS / "ablations/tmf_full_shop.yaml")))
+    dataset = "ml100k" if name.endswith("_ml100k.yaml") else "shop"
+    full = _flat(to_dict(_load_recipe(CONFIGS / f"ablations/tmf_full_{dataset}.yaml")))
     row = _flat(to_dict(_load_recipe(CONFIGS / name)))
     changed = {k: v for k, v in row.items() if full[k] != v and k != "output_dir"}
     assert changed == ROW_CHANGES[name]
