@@ -109,10 +109,27 @@ def llm_predictions(name: str, recipe: str, checkpoint: Path, out: Path, generat
     return files
 
 
-def hits_of(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Per-user 0/1 HitRate@1 of a ranking predictions file, in the order of split ``rows``."""
+def ranks_of(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Per-user 1-based target rank (ties pessimistic) of a ranking predictions file, in the order of split ``rows``."""
     records = {r["row"]: r for r in read_predictions(path).records}
-    return np.array([float(int(np.argmax(records[r]["scores"])) == records[r]["target_index"]) for r in rows])
+    scores = np.array([records[r]["scores"] for r in rows], dtype=np.float64)
+    return target_ranks(scores, np.array([records[r]["target_index"] for r in rows]))
+
+
+def carried_rows(path: Path, names: list[str], fingerprint: str, candidate_file: str) -> dict[str, dict]:
+    """Rows of an earlier run's ``shop_experiment.json`` (same split, same frozen candidates) among ``names``.
+
+    Checkpoints live in the ignored ``runs/`` and do not outlive a session; the committed results file does.
+    A carried row keeps its recorded numbers; with ``target_ranks`` it also joins the paired comparisons.
+    """
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier["fingerprint"] != fingerprint or Path(earlier["candidate_file"]).name != Path(candidate_file).name:
+        log.warning("%s: other data or candidates (fingerprint %s): nothing carried", path, earlier["fingerprint"][:12])
+        return {}
+    return {name: {**earlier["rows"][name], "carried_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
+            for name in names if name in earlier["rows"] and name in LLM_ROWS}
 
 
 def learning_curve(recipe: str) -> list[dict]:
@@ -170,7 +187,14 @@ def markdown(results: dict) -> str:
                  f"{gen['HitRate@1']:.3f}" if gen else "—", f"{gen['HitRate@1_valid']:.3f}" if gen else "—",
                  f"{gen['ValidRatio']:.3f}" if gen else "—", f"{con['HitRate@1']:.3f}" if con else "—",
                  str(row.get("steps", "—")), f"{row['train_minutes']:.0f}" if "train_minutes" in row else "—"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        mark = " †" if "carried_from" in row else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
+    carried = sorted({row["carried_from"] for row in results["rows"].values() if "carried_from" in row})
+    if carried:
+        unpaired = [n for n, row in results["rows"].items() if "carried_from" in row and "target_ranks" not in row]
+        lines += ["", f"† scored by an earlier run of this benchmark on the same users and candidates, taken from "
+                  f"{', '.join(carried)} (its checkpoint is gone)"
+                  + (f"; without per-user ranks, so not in the paired comparisons: {', '.join(unpaired)}." if unpaired else ".")]
     if results["not_run"]:
         lines += ["", "Not trained yet (no finished run): " + ", ".join(results["not_run"]) + "."]
     if results["paired"]:
@@ -188,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="*", default=list(LLM_ROWS), choices=list(LLM_ROWS), metavar="NAME")
     parser.add_argument("--generate-users", type=int, default=100)
     parser.add_argument("--out", default="bench/out/shop_experiment")
+    parser.add_argument("--carry", default="docs/results/shop/shop_experiment.json",
+                        help="an earlier results file: LLM rows without a finished run here are taken from it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = ROOT / args.out
@@ -231,18 +257,28 @@ def main(argv: list[str] | None = None) -> int:
 
     per_user: dict[str, np.ndarray] = {}
     results_rows: dict[str, dict] = {}
+    carried = carried_rows(ROOT / args.carry, not_run, dataset.fingerprint, str(cands.path)) if args.carry else {}
+    not_run = [name for name in not_run if name not in carried]
+    for name, row in carried.items():
+        log.info("%s: carried from %s (%s)", name, row["carried_from"], "with per-user ranks" if "target_ranks" in row
+                 else "no per-user ranks: not in the paired comparisons")
+        results_rows[name] = row
+        if "target_ranks" in row:
+            per_user[name] = (np.asarray(row["target_ranks"]) == 1).astype(float)
     for name, source in [*scores.items(), *rules.items()]:
         if isinstance(source, Path):
-            per_user[name] = hits_of(source, rows_of_split)
+            ranks = ranks_of(source, rows_of_split)
             metrics = evaluate_predictions(read_predictions(source), ks=(1, 3))
         else:
-            per_user[name] = (target_ranks(source, target_index) == 1).astype(float)
             ranks = target_ranks(source, target_index)
             metrics = {"HR@1": float((ranks <= 1).mean()), "HR@3": float((ranks <= 3).mean()),
                        "NDCG@3": float(np.where(ranks <= 3, 1 / np.log2(ranks + 1), 0).mean())}
+        per_user[name] = (ranks == 1).astype(float)
         assert abs(per_user[name].mean() - metrics["HR@1"]) < 1e-9, name  # one set of users, one metric
         results_rows[name] = {"HR@1": metrics["HR@1"], "HR@1_ci95": list(bootstrap_interval(per_user[name], N_BOOT)),
-                              "HR@3": metrics["HR@3"], "NDCG@3": metrics["NDCG@3"], **extra.get(name, {})}
+                              "HR@3": metrics["HR@3"], "NDCG@3": metrics["NDCG@3"], **extra.get(name, {}),
+                              "target_ranks": ranks.tolist()}  # per test user: later runs pair with this row
+    results_rows = {name: results_rows[name] for name in [*LLM_ROWS, *scores, *rules] if name in results_rows}
     pairs = list(itertools.pairwise(TABLE3))  # neighbouring Table 3 rows
     pairs += [(other, FULL) for other in ("full TMF, no curriculum", "LLaRA", *CONVENTIONAL, *RULES_COMPARED)]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
