@@ -25,9 +25,9 @@ quickstart: $(STAMP)
 	$(BIN)/llmrec pipeline --config configs/quickstart.yaml
 
 # TMF Table 3 rows, LLaRA, MBHT, SASRec and rule rows on the synthetic shop (issue 11); trains the missing rows
-# first (each row ~1.5-2 h on one CPU core), then scores every row on the same users: bench/out/shop_experiment/
+# first (each row ~1.5-2 h on one CPU core), then scores every row on the same users: bench/out/shop_experiment/ (ML-100k: python bench/llm_experiment.py --dataset ml100k --train)
 experiment: $(STAMP)
-	$(BIN)/python bench/shop_experiment.py --train
+	$(BIN)/python bench/llm_experiment.py --dataset shop --train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

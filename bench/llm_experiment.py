@@ -1,28 +1,31 @@
-"""The shop experiment (issue 11): TMF Table 3's rows, LLaRA, the conventional models and rule rows, every row
-scored on the same test users and the same frozen candidate sets.
+"""The LLM experiment (issue 11): TMF Table 3's rows, LLaRA, the conventional models and rule rows, every row
+scored on the same test users and the same frozen candidate sets, on the synthetic shop or ML-100k.
 
-    python bench/shop_experiment.py [--train] [--rows NAME ...] [--generate-users 100] [--out bench/out/shop_experiment]
-    make experiment                    # the same with --train: trains the missing rows first (hours on a CPU)
+    python bench/llm_experiment.py [--dataset shop|ml100k] [--train] [--rows NAME ...] [--generate-users 100]
+        [--out bench/out/<dataset>_experiment] [--carry docs/results/<dataset>/<dataset>_experiment.json]
+    make experiment                    # the shop with --train: trains the missing rows first (hours on a CPU)
 
 Rows (configs, one per row; each differs from full TMF only in its own keys, tests/test_every_config.py):
 
-* LLM rows: ``configs/ablations/*_shop.yaml`` and ``configs/baselines/llara_shop.yaml``. A row counts once its
+* LLM rows: ``configs/ablations/*_<dataset>.yaml`` and ``configs/baselines/llara_<dataset>.yaml`` (ML-100k has no
+  images, so its '+ item tokens (AMSA)' row is its full TMF and there is no separate CMA row). A row counts once its
   run reached ``max_steps`` (``--train`` runs ``train.py --config ... [--resume auto]`` for the others, one after
   the other). Each finished row is scored with its last checkpoint on every test user: candidate ranking by
   answer log-likelihood (HR@1, HR@3, NDCG@3), free greedy generation and constrained generation on a seeded
   subset of ``--generate-users`` (HitRate@1 as correct/total and correct/valid, ValidRatio);
-* conventional rows: MBHT and SASRec trained on the recipes' own split (``llmrec.pipeline.stages.ensure_graph_run``,
+* conventional rows: MBHT and SASRec (ML-100k: also GRU4Rec and BERT4Rec) trained on the recipes' own split (``llmrec.pipeline.stages.ensure_graph_run``,
   the very runs that give the LLM rows their graph tables), their per-row predictions on the same candidates;
-* rule rows (``bench/rule_rows.py``): most popular, seen in history, session category, and the planted-truth
-  diagnostics of the synthetic shop.
+* rule rows (``bench/rule_rows.py``): most popular, seen in history, session category (where the catalog has
+  categories), and the planted-truth diagnostics of the synthetic shop.
 
 Noise: 95% percentile-bootstrap intervals over users for HR@1 (2,000 resamples, seed 0) and paired comparisons
 (difference, paired-bootstrap interval, sign-flip p-value) between neighbouring ablation rows and between full
 TMF and the other rows, on the same users. Learning curves (validation HR@1 against steps and wall time) of the
 LLM rows come from their ``metrics.jsonl``.
 
-Writes ``shop_experiment.json``, ``shop_experiment.md``, ``shop_experiment.png`` (HR@1 with intervals) and
-``learning_curves.png`` into ``--out``; prints the markdown.
+Writes ``<dataset>_experiment.json`` (with every row's per-user target ranks), ``<dataset>_experiment.md``,
+``<dataset>_experiment.png`` (HR@1 with intervals) and ``learning_curves.png`` into ``--out``; prints the markdown.
+Rows whose checkpoint is gone (``runs/`` does not outlive a session) are carried from ``--carry``.
 """
 
 from __future__ import annotations
@@ -54,21 +57,40 @@ from llmrec.train.checkpoint import latest_checkpoint, load_trainer_state
 from llmrec.train.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("bench.shop_experiment")
+log = logging.getLogger("bench.llm_experiment")
 
-LLM_ROWS = {  # name -> recipe; the first four are TMF Table 3 in order
-    "text-only LLM": "configs/ablations/text_only_shop.yaml",
-    "+ behavior tokens": "configs/ablations/behavior_tokens_shop.yaml",
-    "+ item tokens (AMSA)": "configs/ablations/item_tokens_amsa_shop.yaml",
-    "full TMF (AMSA + CMA)": "configs/ablations/tmf_full_shop.yaml",
-    "full TMF, no curriculum": "configs/ablations/no_curriculum_shop.yaml",
-    "LLaRA": "configs/baselines/llara_shop.yaml",
+EXPERIMENTS = {
+    "shop": {
+        "llm_rows": {  # name -> recipe; the first four are TMF Table 3 in order
+            "text-only LLM": "configs/ablations/text_only_shop.yaml",
+            "+ behavior tokens": "configs/ablations/behavior_tokens_shop.yaml",
+            "+ item tokens (AMSA)": "configs/ablations/item_tokens_amsa_shop.yaml",
+            "full TMF (AMSA + CMA)": "configs/ablations/tmf_full_shop.yaml",
+            "full TMF, no curriculum": "configs/ablations/no_curriculum_shop.yaml",
+            "LLaRA": "configs/baselines/llara_shop.yaml",
+        },
+        "table3": ["text-only LLM", "+ behavior tokens", "+ item tokens (AMSA)", "full TMF (AMSA + CMA)"],
+        "full": "full TMF (AMSA + CMA)",
+        "conventional": {"MBHT": "configs/graph/mbht_shop.yaml", "SASRec": "configs/graph/sasrec_shop.yaml"},
+        "title": "Synthetic shop (`configs/data/shop.yaml`, `max_history=20`: the recipes' split",
+    },
+    "ml100k": {
+        "llm_rows": {
+            "text-only LLM": "configs/ablations/text_only_ml100k.yaml",
+            "+ behavior tokens": "configs/ablations/behavior_tokens_ml100k.yaml",
+            "full TMF (AMSA; no images)": "configs/ablations/tmf_full_ml100k.yaml",
+            "full TMF, no curriculum": "configs/ablations/no_curriculum_ml100k.yaml",
+            "LLaRA": "configs/baselines/llara_ml100k.yaml",
+        },
+        "table3": ["text-only LLM", "+ behavior tokens", "full TMF (AMSA; no images)"],
+        "full": "full TMF (AMSA; no images)",
+        "conventional": {"SASRec": "configs/graph/sasrec_ml100k.yaml", "GRU4Rec": "configs/graph/gru4rec_ml100k.yaml",
+                         "BERT4Rec": "configs/graph/bert4rec_ml100k.yaml", "MBHT": "configs/graph/mbht_ml100k.yaml"},
+        "title": "ML-100k (`configs/data/ml100k.yaml`, `max_history=10`: the recipes' split",
+    },
 }
-TABLE3 = list(LLM_ROWS)[:4]
-FULL = "full TMF (AMSA + CMA)"
-CONVENTIONAL = {"MBHT": "configs/graph/mbht_shop.yaml", "SASRec": "configs/graph/sasrec_shop.yaml"}
 SPLIT, PROTOCOL, N_BOOT = "test", "uni10", 2000
-RULES_COMPARED = ("popular", "seen in history", "session category")  # rules a model must beat
+RULES_COMPARED = ("popular", "seen in history", "session category")  # rules a model must beat (where they apply)
 
 
 def finished_checkpoint(recipe: str) -> Path | None:
@@ -129,7 +151,7 @@ def carried_rows(path: Path, names: list[str], fingerprint: str, candidate_file:
         log.warning("%s: other data or candidates (fingerprint %s): nothing carried", path, earlier["fingerprint"][:12])
         return {}
     return {name: {**earlier["rows"][name], "carried_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
-            for name in names if name in earlier["rows"] and name in LLM_ROWS}
+            for name in names if name in earlier["rows"]}
 
 
 def learning_curve(recipe: str) -> list[dict]:
@@ -139,22 +161,24 @@ def learning_curve(recipe: str) -> list[dict]:
 
 
 def plot(results: dict, curves: dict, out: Path) -> None:
+    experiment = EXPERIMENTS[results["experiment"]]
     names = list(results["rows"])
     fig = Figure(figsize=(max(7.0, 0.7 * len(names) + 2), 4.2))
     ax = fig.subplots()
     values = [results["rows"][n]["HR@1"] for n in names]
     errors = np.array([[v - results["rows"][n]["HR@1_ci95"][0], results["rows"][n]["HR@1_ci95"][1] - v]
                        for n, v in zip(names, values)]).T
-    colors = ["#fc8d62" if n in LLM_ROWS else "#8da0cb" if n in CONVENTIONAL else "#cccccc" for n in names]
+    colors = ["#fc8d62" if n in experiment["llm_rows"] else "#8da0cb" if n in experiment["conventional"] else "#cccccc"
+              for n in names]
     ax.bar(range(len(names)), values, yerr=errors, capsize=3, color=colors)
     ax.axhline(1 / results["n_candidates"], color="black", linestyle=":", linewidth=1, label="chance")
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("HitRate@1 (ranking), 95% CI")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Synthetic shop, {results['n_users']} test users, same frozen candidates")
+    ax.set_title(f"{results['dataset']}, {results['n_users']} test users, same frozen candidates")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "shop_experiment.png", dpi=120)
+    fig.savefig(out / f"{results['experiment']}_experiment.png", dpi=120)
 
     fig = Figure(figsize=(10, 3.8))
     by_step, by_time = fig.subplots(1, 2)
@@ -172,7 +196,7 @@ def plot(results: dict, curves: dict, out: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    intro = (f"Synthetic shop (`configs/data/shop.yaml`, `max_history=20`: the recipes' split, fingerprint "
+    intro = (f"{EXPERIMENTS[results['experiment']]['title']}, fingerprint "
              f"{results['fingerprint'][:12]}), {results['n_users']} test users x {results['n_candidates']} frozen "
              f"candidates; generation on a seeded subset of {results['generate_users']} users. "
              f"HR@1 with a 95% bootstrap interval over users ({N_BOOT} resamples).")
@@ -209,18 +233,30 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="store_true", help="train the rows whose run has not reached max_steps")
-    parser.add_argument("--rows", nargs="*", default=list(LLM_ROWS), choices=list(LLM_ROWS), metavar="NAME")
+    parser.add_argument("--dataset", default="shop", choices=list(EXPERIMENTS))
+    parser.add_argument("--rows", nargs="*", default=None, metavar="NAME",
+                        help="LLM rows to score (default: every row of the dataset's experiment)")
     parser.add_argument("--generate-users", type=int, default=100)
-    parser.add_argument("--out", default="bench/out/shop_experiment")
-    parser.add_argument("--carry", default="docs/results/shop/shop_experiment.json",
-                        help="an earlier results file: LLM rows without a finished run here are taken from it")
+    parser.add_argument("--out", default=None, help="default: bench/out/<dataset>_experiment")
+    parser.add_argument("--carry", default=None,
+                        help="an earlier results file (default: docs/results/<dataset>/<dataset>_experiment.json): "
+                             "LLM rows without a finished run here are taken from it; '' carries nothing")
     args = parser.parse_args(argv)
+    experiment = EXPERIMENTS[args.dataset]
+    llm_rows, table3, full, conventional = (experiment["llm_rows"], experiment["table3"], experiment["full"],
+                                            experiment["conventional"])
+    unknown = sorted(set(args.rows or []) - set(llm_rows))
+    if unknown:
+        parser.error(f"--rows: {unknown} are not rows of the {args.dataset} experiment; choose from {list(llm_rows)}")
+    args.rows = list(llm_rows) if args.rows is None else args.rows
+    args.out = args.out or f"bench/out/{args.dataset}_experiment"
+    args.carry = f"docs/results/{args.dataset}/{args.dataset}_experiment.json" if args.carry is None else args.carry
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    reference_cfg = load_train_config(ROOT / LLM_ROWS[FULL])
+    reference_cfg = load_train_config(ROOT / llm_rows[full])
     dataset, _ = ensure_inputs(reference_cfg)
     cands = load_candidates(dataset, SPLIT, sampler="uniform", size=10, seed=0)
     items, target_index = np.asarray(cands.items), np.asarray(cands.target_index)
@@ -230,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, dict] = {}
     not_run = []
     for name in args.rows:
-        recipe = LLM_ROWS[name]
+        recipe = llm_rows[name]
         checkpoint = finished_checkpoint(recipe)
         if checkpoint is None and args.train:
             train_row(recipe)
@@ -249,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                        "constrained": evaluate_predictions(read_predictions(files["constrained"])),
                        "validation_curve": curve}
         scores[name] = files["rank"]
-    for name, config in CONVENTIONAL.items():
+    for name, config in conventional.items():
         run_dir = ensure_graph_run(ROOT / config, dataset, predictions=((SPLIT, PROTOCOL),))
         scores[name] = predictions_path(run_dir, SPLIT, PROTOCOL)
         extra[name] = {"config": config, "run": str(run_dir)}
@@ -278,25 +314,25 @@ def main(argv: list[str] | None = None) -> int:
         results_rows[name] = {"HR@1": metrics["HR@1"], "HR@1_ci95": list(bootstrap_interval(per_user[name], N_BOOT)),
                               "HR@3": metrics["HR@3"], "NDCG@3": metrics["NDCG@3"], **extra.get(name, {}),
                               "target_ranks": ranks.tolist()}  # per test user: later runs pair with this row
-    results_rows = {name: results_rows[name] for name in [*LLM_ROWS, *scores, *rules] if name in results_rows}
-    pairs = list(itertools.pairwise(TABLE3))  # neighbouring Table 3 rows
-    pairs += [(other, FULL) for other in ("full TMF, no curriculum", "LLaRA", *CONVENTIONAL, *RULES_COMPARED)]
+    results_rows = {name: results_rows[name] for name in [*llm_rows, *scores, *rules] if name in results_rows}
+    pairs = list(itertools.pairwise(table3))  # neighbouring Table 3 rows
+    pairs += [(other, full) for other in ("full TMF, no curriculum", "LLaRA", *conventional, *RULES_COMPARED)]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
     paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]
 
-    results = {"dataset": dataset.name, "fingerprint": dataset.fingerprint, "split": SPLIT,
+    results = {"experiment": args.dataset, "dataset": dataset.name, "fingerprint": dataset.fingerprint, "split": SPLIT,
                "n_users": int(items.shape[0]), "n_candidates": int(items.shape[1]), "candidate_file": str(cands.path),
                "generate_users": args.generate_users, "targets_in_history": in_history, "rows": results_rows,
                "paired": paired, "not_run": not_run, "cpu": platform.processor() or platform.machine(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "seconds": time.perf_counter() - started}
     # paths relative to the repository, so the file means the same on another machine
     text = json.dumps(results, indent=1).replace(str(ROOT) + "/", "")
-    (out / "shop_experiment.json").write_text(text + "\n", encoding="utf-8")
+    (out / f"{args.dataset}_experiment.json").write_text(text + "\n", encoding="utf-8")
     table = markdown(results)
-    (out / "shop_experiment.md").write_text(table, encoding="utf-8")
+    (out / f"{args.dataset}_experiment.md").write_text(table, encoding="utf-8")
     plot(results, {n: extra[n]["validation_curve"] for n in extra if "validation_curve" in extra[n]}, out)
     print(table, end="")
-    print(f"written: {out}/shop_experiment.{{json,md,png}}, {out}/learning_curves.png")
+    print(f"written: {out}/{args.dataset}_experiment.{{json,md,png}}, {out}/learning_curves.png")
     return 0
 
 
