@@ -1,0 +1,272 @@
+"""M³BSR (graph_encoders/m3bsr.py) on tiny shapes, with random text / image tables.
+
+Real layers, real Adam, real batches from SequenceBatcher over the hand-built dataset of
+conftest.py (behaviors view < cart < buy); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from graph_encoders.base import DatasetSpec, SeqBatch, build_model, model_config
+from graph_encoders.batching import SequenceBatcher
+from graph_encoders.export import embedding_table
+from graph_encoders.m3bsr import M3BSR, M3BSRConfig
+from llmrec.config import ConfigError, load_config
+
+from .conftest import make_tiny_dataset, train_steps
+
+ROOT = Path(__file__).resolve().parents[2]
+# click view = view + cart, favour view = cart + buy (cart in both, as ML-100k's likes are)
+TINY = {"hidden_size": 16, "max_len": 8, "dropout": 0.0, "num_heads": 2, "click_behaviors": [0, 1],
+        "favor_behaviors": [1, 2], "modality_steps": 4, "behavior_steps": 3}
+
+
+def spec_of(dataset, text: bool = True, image: bool = True, seed: int = 0) -> DatasetSpec:
+    g = torch.Generator().manual_seed(seed)
+    tables = {"text_table": torch.randn(dataset.n_items, 12, generator=g) if text else None,
+              "image_table": torch.randn(dataset.n_items, 20, generator=g) if image else None}
+    return DatasetSpec.from_dataset(dataset, **tables)
+
+
+def build(spec, seed: int = 0, **overrides) -> M3BSR:
+    torch.manual_seed(seed)
+    return build_model("m3bsr", {**TINY, **overrides}, spec)
+
+
+def train_batch(dataset):
+    batcher = SequenceBatcher(dataset, TINY["max_len"])
+    return batcher.training_batch(batcher.training_windows().rows)
+
+
+def eval_batch(dataset, split: str = "test"):
+    batcher = SequenceBatcher(dataset, TINY["max_len"])
+    return batcher.history_batch(*batcher.evaluation_rows(split))
+
+
+def row(batch: SeqBatch, r: int) -> SeqBatch:
+    return SeqBatch(items=batch.items[r : r + 1], behaviors=batch.behaviors[r : r + 1],
+                    lengths=batch.lengths[r : r + 1], users=batch.users[r : r + 1])
+
+
+# ---- config ----------------------------------------------------------------------------
+def test_defaults_are_the_papers():
+    cfg = model_config("m3bsr", {})
+    assert isinstance(cfg, M3BSRConfig)
+    assert (cfg.modality_steps, cfg.behavior_steps, cfg.beta_start, cfg.beta_end) == (10, 10, 0.001, 0.1)
+    assert (cfg.lambda_contrast, cfg.lambda_modality, cfg.lambda_behavior, cfg.temperature) == (0.05, 0.02, 0.02, 0.3)
+    assert (cfg.hidden_size, cfg.denoise, cfg.click_behaviors, cfg.favor_behaviors) == (64, "all", None, None)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("use_behaviors", True, "use_behaviors"),
+    ("modalities", ["audio"], "modalities"),
+    ("denoise", "some", "denoise"),
+    ("favor_behaviors", [], "favor_behaviors"),
+    ("click_behaviors", [0, 0], "click_behaviors"),
+    ("beta_end", 1.0, "beta_end"),
+    ("modality_steps", 0, "modality_steps"),
+    ("temperature", 0.0, "temperature"),
+    ("num_heads", 3, "num_heads"),
+])
+def test_bad_config_is_rejected(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        model_config("m3bsr", {key: value})
+
+
+@pytest.mark.parametrize("name, click, favor", [
+    ("m3bsr_ml100k.yaml", [0, 1, 2], [2]),  # every rating / like
+    ("m3bsr_taobao.yaml", [0], [1, 2, 3]),  # pv / fav, cart, buy
+    ("m3bsr_shop.yaml", [0], [1, 2]),  # view / cart, purchase
+])
+def test_config_files_load_with_their_behavior_mapping(name, click, favor):
+    from graph_encoders.cli import FitGraphConfig
+
+    cfg = load_config(FitGraphConfig, ROOT / "configs" / "graph" / name)
+    assert cfg.model_name == "m3bsr"
+    params = model_config("m3bsr", cfg.model_params)
+    assert (params.click_behaviors, params.favor_behaviors) == (click, favor)
+    assert (params.modality_steps, params.lambda_contrast, params.hidden_size) == (10, 0.05, 64)
+    assert cfg.train.patience == 10
+
+
+def test_views_follow_the_behavior_mapping(tiny_dataset):
+    model = build(spec_of(tiny_dataset))
+    assert model.click_table.tolist() == [False, True, True, False]  # padding, view, cart, buy
+    assert model.favor_table.tolist() == [False, False, True, True]
+    default = build(spec_of(tiny_dataset), click_behaviors=None, favor_behaviors=None)
+    assert default.click_table.tolist() == [False, True, True, True]  # every behavior
+    assert default.favor_table.tolist() == [False, False, False, True]  # the target (buy)
+    with pytest.raises(ConfigError, match="favor_behaviors"):
+        build(spec_of(tiny_dataset), favor_behaviors=[3])
+    views, member, _ = model.eval().views(eval_batch(tiny_dataset))
+    off_click = ~member["click"]
+    assert off_click.any() and views["click"]["text"][off_click].abs().max() == 0
+    assert views["favor"]["id"][~member["favor"]].abs().max() == 0
+    assert (views["favor"]["id"][member["favor"]].abs().sum(-1) > 0).all()
+
+
+# ---- shapes, loss, export --------------------------------------------------------------
+def test_forward_shapes_and_candidate_scores(tiny_dataset):
+    model = build(spec_of(tiny_dataset)).eval()
+    batch = eval_batch(tiny_dataset)
+    n, b = tiny_dataset.n_items, len(batch.items)
+    with torch.no_grad():
+        scores = model.score_all(batch)
+        assert scores.shape == (b, n) and torch.isfinite(scores).all()
+        candidates = torch.randint(0, n, (b, 5), generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(model.score_candidates(batch, candidates), scores.gather(1, candidates))
+        assert model.encode(batch).shape == (b, TINY["max_len"], 16)
+    assert list(model.modality_denoisers) == ["text", "image"] and list(model.behavior_denoisers) == ["id", "text", "image"]
+    assert len(model.experts) == 6  # click / favour × id, text, image
+
+
+def test_loss_terms_and_loss_falls(tiny_dataset):
+    model = build(spec_of(tiny_dataset), dropout=0.1)
+    batch = train_batch(tiny_dataset)
+    torch.manual_seed(3)
+    terms = model.loss_terms(batch)
+    cfg = model.config
+    expected = (terms["main"] + cfg.lambda_contrast * terms["contrast"] + cfg.lambda_modality * terms["modality"]
+                + cfg.lambda_behavior * terms["behavior"])
+    torch.testing.assert_close(terms["total"], expected)
+    assert terms["modality"] > 0.5 and terms["behavior"] > 0.5  # ε-prediction errors of untrained denoisers
+    torch.manual_seed(3)
+    losses = train_steps(model, batch, 30, lr=2e-2)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, losses
+
+
+def test_export_is_the_input_id_table(tiny_dataset):
+    model = build(spec_of(tiny_dataset))
+    table = embedding_table(model, tiny_dataset)
+    assert table.item.shape == (tiny_dataset.n_items, 16) and table.behavior is None
+    assert torch.equal(table.item, model.items.weight[1:].detach())
+    assert not torch.equal(table.item, model.output.weight.detach()[:, :16])
+    assert table.metadata["model"] == "m3bsr"
+
+
+# ---- determinism -----------------------------------------------------------------------
+def test_same_seed_same_loss_and_weights(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    losses, weights = [], []
+    for _ in range(2):
+        model = build(spec, seed=7, dropout=0.1)
+        torch.manual_seed(11)  # dropout, diffusion steps and noise
+        losses.append(train_steps(model, batch, 3))
+        weights.append(model.state_dict())
+    assert losses[0] == losses[1]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    other = build(spec, seed=8, dropout=0.1)
+    torch.manual_seed(11)
+    assert train_steps(other, batch, 1)[0] != losses[0][0]
+
+
+def test_eval_reverse_process_is_deterministic_and_per_user(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    model = build(spec).eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = model.score_all(batch)
+        torch.manual_seed(1)  # the global RNG does not matter in eval mode
+        torch.testing.assert_close(model.score_all(batch), first, rtol=0, atol=0)
+        # a row's noise depends on its user, not on the batch it is scored in
+        for r in (0, 5):
+            torch.testing.assert_close(model.score_all(row(batch, r)), first[r : r + 1], rtol=1e-5, atol=1e-6)
+        other = build(spec, eval_noise_seed=1).eval()  # the seed is used: other start noise, other denoised views
+        assert not torch.allclose(other.views(batch)[0]["click"]["text"], model.views(batch)[0]["click"]["text"])
+        # training mode samples fresh steps and noise
+        model.train()
+        assert not torch.allclose(model.encode(batch), model.encode(batch))
+
+
+def test_denoise_none_has_no_diffusion(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    model = build(spec, denoise="none")
+    assert len(model.modality_denoisers) == 0 and len(model.behavior_denoisers) == 0
+    terms = model.loss_terms(batch)
+    assert terms["modality"] == 0 and terms["behavior"] == 0
+    torch.testing.assert_close(terms["total"], terms["main"] + 0.05 * terms["contrast"])
+    model.train()  # without diffusion (and dropout 0) training mode is deterministic too
+    torch.testing.assert_close(model.encode(batch), model.encode(batch), rtol=0, atol=0)
+    partial = build(spec, denoise="behavior")
+    assert len(partial.modality_denoisers) == 0 and list(partial.behavior_denoisers) == ["id", "text", "image"]
+    losses = train_steps(model, batch, 20, lr=2e-2)
+    assert losses[-1] < 0.6 * losses[0]
+
+
+# ---- no leak ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_later_item_does_not_change_earlier_positions(tiny_dataset, mode):
+    """Every attention (denoisers, views, experts) reads positions <= t only, in both modes."""
+    model = build(spec_of(tiny_dataset))
+    model.train(mode == "train")
+    batch = eval_batch(tiny_dataset)
+    changed = replace(batch, items=batch.items.clone(), behaviors=batch.behaviors.clone())
+    changed.items[:, -1] = (changed.items[:, -1] % tiny_dataset.n_items) + 1
+    changed.behaviors[:, -1] = (changed.behaviors[:, -1] % 3) + 1
+    with torch.no_grad():
+        torch.manual_seed(5)
+        before = model.encode(batch)
+        torch.manual_seed(5)
+        after = model.encode(changed)
+    torch.testing.assert_close(after[:, :-1], before[:, :-1], rtol=0, atol=1e-5)
+    assert not torch.allclose(after[:, -1], before[:, -1])
+
+
+def test_scores_do_not_depend_on_items_after_the_history_cut(tiny_dataset):
+    """Changing every item after the validation target leaves the validation scores unchanged;
+    changing the item just before the target changes them (the test can fail)."""
+    model = build(spec_of(tiny_dataset)).eval()
+
+    def altered(start: int, stop: int | None):
+        sequences = []
+        for seq in tiny_dataset.sequences:
+            items = seq.items.copy()
+            part = slice(seq.valid_pos + start, None if stop is None else seq.valid_pos + stop)
+            items[part] = (items[part] + 11) % tiny_dataset.n_items
+            sequences.append(replace(seq, items=items))
+        return replace(tiny_dataset, sequences=sequences)
+
+    with torch.no_grad():
+        reference = model.score_all(eval_batch(tiny_dataset, "valid"))
+        future = model.score_all(eval_batch(altered(1, None), "valid"))
+        past = model.score_all(eval_batch(altered(-1, 0), "valid"))
+    torch.testing.assert_close(future, reference, rtol=0, atol=0)
+    assert not torch.allclose(past, reference)
+
+
+# ---- modalities ------------------------------------------------------------------------
+def test_missing_modality_is_dropped(tiny_dataset):
+    model = build(spec_of(tiny_dataset, image=False)).eval()
+    assert model.modality_names == ["id", "text"]
+    assert not any("image" in name for name in model.state_dict())
+    assert model.view_inputs["click"].in_features == 2 * 16 and len(model.experts) == 4
+    id_only = build(spec_of(tiny_dataset, text=False, image=False))  # ID modality alone still trains
+    assert id_only.modality_names == ["id"] and len(id_only.modality_denoisers) == 0
+    assert torch.isfinite(id_only.loss(train_batch(tiny_dataset)))
+    batch = eval_batch(tiny_dataset)
+    with torch.no_grad():
+        first = model.score_all(batch)
+        second = build(spec_of(tiny_dataset, image=False, seed=1)).eval().score_all(batch)
+    assert not torch.allclose(first, second)  # the text table reaches the scores
+
+
+def test_fit_on_the_tiny_dataset_beats_chance():
+    """A few epochs through the project's trainer and evaluator."""
+    from graph_encoders.evaluation import EvalConfig, evaluate
+    from graph_encoders.trainer import TrainConfig, Trainer
+
+    dataset = make_tiny_dataset(n_users=40)
+    model = build(spec_of(dataset), dropout=0.1)
+    batcher = SequenceBatcher(dataset, TINY["max_len"])
+    config = TrainConfig(epochs=12, batch_size=16, learning_rate=1e-2, monitor="full/HR@5", patience=12,
+                         checkpoint=False, num_threads=1)
+    eval_config = EvalConfig(protocols=[], full_ks=[5])
+    Trainer(model, batcher, config, eval_config, progress=False).fit()
+    metrics = evaluate(model, batcher, "test", eval_config, progress=False)
+    assert metrics["full/HR@5"] > 3 * 5 / dataset.n_items  # chance is 5/30
