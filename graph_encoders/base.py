@@ -47,6 +47,8 @@ BUILTIN_MODEL_MODULES = {
     "mbht": "graph_encoders.mbht",
     "dreamrec": "graph_encoders.dreamrec",
     "mdsrec": "graph_encoders.mdsrec",
+    "m3bsr": "graph_encoders.m3bsr",
+    "bivrec": "graph_encoders.bivrec",
 }
 # Item feature tables a model can read; ``llmrec fit-graph`` fills them from its ``encode`` config.
 MODALITY_KINDS = ("text", "image")

@@ -1,0 +1,302 @@
+"""BivRec (graph_encoders/bivrec.py) on tiny shapes, with random text / image tables.
+
+Real layers, real Adam, real batches from SequenceBatcher over the hand-built dataset of
+conftest.py; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from graph_encoders.base import DatasetSpec, build_model, model_config
+from graph_encoders.batching import SequenceBatcher
+from graph_encoders.bivrec import BivRec, BivRecConfig, allocation_similarity_loss
+from graph_encoders.export import embedding_table
+from llmrec.config import ConfigError, load_config
+
+from .conftest import make_tiny_dataset, train_steps
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"hidden_size": 16, "max_len": 8, "dropout": 0.0, "scales": [2, 4], "interests": [6, 3]}
+VARIANTS = {  # Table 1's four rows
+    "BivRec-ID": {"views": ["id", "mm"], "score_view": "id"},
+    "BivRec-MM": {"views": ["id", "mm"], "score_view": "mm"},
+    "PureID": {"views": ["id"], "score_view": "id"},
+    "PureMM": {"views": ["mm"], "score_view": "mm"},
+}
+
+
+def spec_of(dataset, text: bool = True, image: bool = True, seed: int = 0) -> DatasetSpec:
+    g = torch.Generator().manual_seed(seed)
+    tables = {"text_table": torch.randn(dataset.n_items, 12, generator=g) if text else None,
+              "image_table": torch.randn(dataset.n_items, 20, generator=g) if image else None}
+    return DatasetSpec.from_dataset(dataset, **tables)
+
+
+def build(spec, seed: int = 0, **overrides) -> BivRec:
+    torch.manual_seed(seed)
+    return build_model("bivrec", {**TINY, **overrides}, spec)
+
+
+def train_batch(dataset):
+    batcher = SequenceBatcher(dataset, TINY["max_len"])
+    return batcher.training_batch(batcher.training_windows().rows)
+
+
+def eval_batch(dataset):
+    batcher = SequenceBatcher(dataset, TINY["max_len"])
+    return batcher.history_batch(*batcher.evaluation_rows("test"))
+
+
+# ---- config ----------------------------------------------------------------------------
+def test_defaults_are_the_papers():
+    cfg = model_config("bivrec", {})
+    assert isinstance(cfg, BivRecConfig)
+    assert (cfg.scales, cfg.interests, cfg.top_f, cfg.temperature) == ([4, 8], [24, 4], 1, 1.0)  # A.4, MovieLens
+    assert (cfg.contrast_weight, cfg.allocation_weight, cfg.beta_init) == (0.5, 0.3, 0.07)
+    assert (cfg.views, cfg.score_view, cfg.selection_noise, cfg.hidden_size) == (["id", "mm"], "id", "gumbel", 64)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("use_behaviors", True, "use_behaviors"),
+    ("views", [], "views"),
+    ("views", ["id", "id"], "views"),
+    ("views", ["text"], "views"),
+    ("score_view", "mm", "score_view"),  # with views [id]
+    ("scales", [1], "scales"),
+    ("interests", [4, 0], "interests"),
+    ("top_f", 5, "top_f"),
+    ("temperature", 0.0, "temperature"),
+    ("num_heads", 3, "num_heads"),
+])
+def test_bad_config_is_rejected(key, value, message):
+    params = {key: value, **({"views": ["id"]} if key == "score_view" else {})}
+    with pytest.raises(ConfigError, match=message):
+        model_config("bivrec", params)
+
+
+@pytest.mark.parametrize("name, scales, interests", [
+    ("bivrec_ml100k.yaml", [4, 8], [24, 4]), ("bivrec_taobao.yaml", [4], [4]), ("bivrec_shop.yaml", [4], [4]),
+])
+def test_config_files_load(name, scales, interests):
+    from graph_encoders.cli import FitGraphConfig
+
+    cfg = load_config(FitGraphConfig, ROOT / "configs" / "graph" / name)
+    assert cfg.model_name == "bivrec"
+    params = model_config("bivrec", cfg.model_params)
+    assert (params.scales, params.interests, params.views, params.score_view) == (scales, interests, ["id", "mm"], "id")
+    assert params.hidden_size == 64 and cfg.train.learning_rate == 0.001
+
+
+# ---- shapes, loss, export --------------------------------------------------------------
+def test_forward_shapes_and_max_over_interests(tiny_dataset):
+    model = build(spec_of(tiny_dataset)).eval()
+    batch = eval_batch(tiny_dataset)
+    n, b = tiny_dataset.n_items, len(batch.items)
+    scores = model.score_all(batch)
+    assert scores.shape == (b, n) and torch.isfinite(scores).all()
+    out = model.view_output("id", batch, newest_only=True)
+    assert out.interests.shape == (b, 1, 3, 16)
+    per_interest = out.interests[:, 0] @ model.item_embeddings().T  # [B, K, n]
+    torch.testing.assert_close(scores, per_interest.max(1).values)
+    assert (per_interest.argmax(1).unique().numel()) > 1  # several interests win some item
+    candidates = torch.randint(0, n, (b, 5), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.score_candidates(batch, candidates), scores.gather(1, candidates))
+    # the newest position of the all-position pass is the scoring pass
+    full = model.view_output("id", batch).interests
+    assert full.shape == (b, TINY["max_len"], 3, 16)
+    torch.testing.assert_close(full[:, -1], out.interests[:, 0])
+    assert model.encode(batch).shape == (b, TINY["max_len"], 16)
+
+
+def test_loss_terms(tiny_dataset):
+    model = build(spec_of(tiny_dataset)).eval()
+    terms = model.losses(train_batch(tiny_dataset))
+    assert set(terms) == {"rec_id", "rec_mm", "contrast", "allocation"}
+    n = tiny_dataset.n_items
+    assert abs(terms["rec_id"].item() - torch.log(torch.tensor(float(n))).item()) < 0.1  # near-uniform at init
+    assert -(6 + 3) / 2 <= terms["allocation"].item() < -0.1  # -Σ_k cos over 6 and 3 interests, stage mean
+    total = model.loss(train_batch(tiny_dataset))
+    expected = 2 * terms["rec_id"] + 0.5 * terms["contrast"] + 0.3 * terms["allocation"]  # sg weight: L_MM -> L_ID
+    torch.testing.assert_close(total, expected)
+
+
+def test_loss_falls(tiny_dataset):
+    model = build(spec_of(tiny_dataset))
+    batch = train_batch(tiny_dataset)
+    torch.manual_seed(3)
+    before = {k: v.item() for k, v in model.losses(batch).items()}
+    losses = train_steps(model, batch, 60, lr=1e-2)
+    after = {k: v.item() for k, v in model.losses(batch).items()}
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
+    assert after["rec_id"] < 0.85 * before["rec_id"] and after["rec_mm"] < 0.85 * before["rec_mm"], (before, after)
+
+
+def test_export_is_the_id_table(tiny_dataset):
+    model = build(spec_of(tiny_dataset))
+    table = embedding_table(model, tiny_dataset)
+    assert table.item.shape == (tiny_dataset.n_items, 16) and table.behavior is None
+    assert torch.equal(table.item, model.id_items.weight[1:].detach())
+    assert table.metadata["model"] == "bivrec"
+    pure_mm = build(spec_of(tiny_dataset), **VARIANTS["PureMM"])
+    exported = embedding_table(pure_mm, tiny_dataset).item
+    assert exported.shape == (tiny_dataset.n_items, 16)
+    torch.testing.assert_close(exported, pure_mm.mm_projection(pure_mm.mm_features).detach())
+
+
+def test_features_are_not_saved_with_the_weights(tiny_dataset):
+    assert "mm_features" not in build(spec_of(tiny_dataset)).state_dict()
+
+
+# ---- determinism -------------------------------------------------------------------------
+def test_same_seed_same_weights(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    weights = []
+    for _ in range(2):
+        model = build(spec, seed=7, dropout=0.1)
+        torch.manual_seed(11)  # dropout and the Gumbel noise
+        train_steps(model, batch, 3)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    other = build(spec, seed=8).state_dict()
+    assert any(not torch.equal(weights[0][k], other[k]) for k in other)
+
+
+def test_noise_only_in_training(tiny_dataset):
+    model = build(spec_of(tiny_dataset))
+    batch = eval_batch(tiny_dataset)
+    assert not torch.equal(model.score_all(batch), model.score_all(batch))  # Gumbel draws
+    model.eval()
+    assert torch.equal(model.score_all(batch), model.score_all(batch))
+
+
+# ---- straight-through in the model --------------------------------------------------------
+def test_hard_assignment_with_gradients_on_the_soft_path(tiny_dataset):
+    model = build(spec_of(tiny_dataset))
+    batch = train_batch(tiny_dataset)
+    torch.manual_seed(0)
+    out = model.view_output("id", batch)
+    for allocation in out.allocations:
+        values = allocation.detach().unique().tolist()
+        assert set(values) == {0.0, 1.0}  # the forward is the hard top-1 filter
+    model.loss(batch).backward()
+    for view in ("id", "mm"):
+        for stage in model.towers[view].stages:  # W_q^c, W_k^c get gradient only through the soft path
+            assert stage.query.weight.grad.abs().sum() > 0 and stage.key.weight.grad.abs().sum() > 0
+        assert model.towers[view].blocks[0].attention.sigma_raw.grad.abs() > 0
+    assert model.contrast_logit_scale.grad.abs() > 0
+
+
+def test_allocation_loss_ignores_empty_interests():
+    """An interest empty in a view has an undefined cosine: it adds 0 and no (1/eps) gradient."""
+    soft = torch.tensor([[[0.9, 0.1, 0.0], [0.8, 0.2, 0.0]]], requires_grad=True)  # [B=1, N=2, K=3]
+    hard = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]) + soft - soft.detach()  # interests 1, 2 empty
+    other = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    loss = allocation_similarity_loss([hard], [other])
+    assert loss.item() == pytest.approx(-1 / 2**0.5)  # only interest 0: cos([1, 1], [1, 0])
+    loss.backward()
+    assert torch.isfinite(soft.grad).all() and soft.grad.abs().max() < 2
+
+
+# ---- variants ----------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_variant_trains_and_scores(tiny_dataset, variant):
+    params = VARIANTS[variant]
+    model = build(spec_of(tiny_dataset), **params)
+    batch = train_batch(tiny_dataset)
+    expected_terms = {f"rec_{v}" for v in params["views"]} | ({"contrast", "allocation"} if len(params["views"]) == 2 else set())
+    assert set(model.losses(batch)) == expected_terms
+    assert set(model.towers) == set(params["views"])
+    assert hasattr(model, "id_items") == ("id" in params["views"])
+    assert hasattr(model, "mm_projection") == ("mm" in params["views"])
+    torch.manual_seed(0)
+    losses = train_steps(model, batch, 25, lr=1e-2)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    scores = model.eval().score_all(eval_batch(tiny_dataset))
+    assert scores.shape == (len(eval_batch(tiny_dataset).items), tiny_dataset.n_items)
+
+
+def test_score_view_switches_the_scoring_tower(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    by_id = build(spec, **VARIANTS["BivRec-ID"]).eval()
+    by_mm = build(spec, **VARIANTS["BivRec-MM"]).eval()
+    by_mm.load_state_dict(by_id.state_dict())  # the same weights, scored by the other view
+    mm = by_id.view_output("mm", batch, newest_only=True)
+    torch.testing.assert_close(by_mm.score_all(batch), (mm.interests[:, 0] @ mm.table.T).max(1).values)
+    assert not torch.allclose(by_mm.score_all(batch), by_id.score_all(batch))
+
+
+def test_pure_id_needs_no_feature_table(tiny_dataset):
+    model = build(spec_of(tiny_dataset, text=False, image=False), **VARIANTS["PureID"])
+    assert not any("mm" in name for name in model.state_dict())
+    with pytest.raises(ValueError, match="multimodal view needs a table"):
+        build(spec_of(tiny_dataset, text=False, image=False))
+
+
+def test_missing_modality_is_dropped(tiny_dataset):
+    model = build(spec_of(tiny_dataset, image=False))
+    assert model.modalities == ["text"] and model.mm_features.shape == (tiny_dataset.n_items, 12)
+    both = build(spec_of(tiny_dataset))
+    assert both.modalities == ["text", "image"] and both.mm_features.shape == (tiny_dataset.n_items, 32)
+    assert build(spec_of(tiny_dataset), modalities=["image"]).mm_features.shape == (tiny_dataset.n_items, 20)
+
+
+# ---- no leak -----------------------------------------------------------------------------
+def _changed_at(batch, column: int, n_items: int):
+    items = batch.items.clone()
+    items[:, column] = (items[:, column] % n_items) + 1  # another real item
+    return replace(batch, items=items)
+
+
+@pytest.mark.parametrize("column", [-1, -3])
+def test_a_later_item_does_not_change_earlier_positions(tiny_dataset, column):
+    """Every position's interests (Eq. 7-12, through the multi-scale tokens and the Gaussian attention)
+    depend only on the items up to it, in both views; the changed position itself does change."""
+    model = build(spec_of(tiny_dataset)).eval()
+    batch = train_batch(tiny_dataset)
+    changed = _changed_at(batch, column, tiny_dataset.n_items)
+    length = TINY["max_len"]
+    t = length + column
+    with torch.no_grad():
+        for view in ("id", "mm"):
+            before = model.view_output(view, batch).interests
+            after = model.view_output(view, changed).interests
+            torch.testing.assert_close(after[:, :t], before[:, :t], rtol=0, atol=0)
+            assert not torch.allclose(after[:, t], before[:, t]), view
+
+
+def test_a_later_items_features_do_not_reach_earlier_positions(tiny_dataset):
+    """The newest item's features (MM view) reach only the newest position of its row."""
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    rows = [r for r in range(len(batch.items)) if int(batch.items[r, -1]) not in batch.items[r, :-1].tolist()]
+    assert rows, "the fixture should have a row whose newest item does not occur earlier in it"
+    row = rows[0]
+    item = int(batch.items[row, -1]) - 1
+    altered = replace(spec, text_table=spec.text_table.clone())
+    altered.text_table[item] += 5.0
+    with torch.no_grad():
+        before = build(spec).eval().view_output("mm", batch).interests[row]
+        after = build(altered).eval().view_output("mm", batch).interests[row]
+    assert before.shape[0] == TINY["max_len"]  # every position's interests
+    torch.testing.assert_close(after[:-1], before[:-1], rtol=0, atol=0)
+    assert not torch.allclose(after[-1], before[-1])
+
+
+def test_fit_on_the_tiny_dataset_beats_chance():
+    """A few epochs through the project's trainer and evaluator (frozen candidate sets)."""
+    from graph_encoders.evaluation import EvalConfig, evaluate
+    from graph_encoders.trainer import TrainConfig, Trainer
+
+    dataset = make_tiny_dataset(n_users=40)
+    model = build(spec_of(dataset), dropout=0.1)
+    batcher = SequenceBatcher(dataset, TINY["max_len"])
+    config = TrainConfig(epochs=15, batch_size=16, learning_rate=1e-2, monitor="full/HR@5", patience=15,
+                         checkpoint=False, num_threads=1)
+    eval_config = EvalConfig(protocols=[], full_ks=[5])
+    Trainer(model, batcher, config, eval_config, progress=False).fit()
+    metrics = evaluate(model, batcher, "test", eval_config, progress=False)
+    assert metrics["full/HR@5"] > 2 * 5 / dataset.n_items  # chance is 5/30 (measured: 0.45)
