@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 from peft import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
@@ -65,8 +65,19 @@ class Trainer:
             "mixed_precision": mixed_precision(cfg.precision),
             # accelerate detects multi-process CPU runs only with cpu=True, and DeepSpeed only without it
             "cpu": not torch.cuda.is_available() and not deepspeed,
-            # easy/medium batches leave the adaptors unused (Eq. 9-10)
-            "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
+            # find_unused_parameters: easy/medium batches leave the adaptors unused (Eq. 9-10). The task of a
+            # step is drawn from (seed, step), so every process leaves the same ones unused; with per-sample
+            # draws the sets may differ between processes, which DDP also handles (zero gradient from the
+            # processes that did not use a parameter, as one process accumulating the same micro-batches).
+            # broadcast_buffers=False: the model's buffers are the item/behavior tables TMFModel registers (and
+            # the LM's rotary frequencies), built identically on every process and never written by training;
+            # DDP's default would broadcast all of them from rank 0 before every forward pass
+            "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)]}
+        if deepspeed and not torch.cuda.is_available():
+            # DeepSpeed on CPU: without a named backend accelerate leaves the process group to DeepSpeed and
+            # then counts one process (num_processes 1, process_index 0 on every rank), so the ranks would
+            # train the same micro-batches and all write the checkpoint; naming gloo makes it count them
+            kwargs["kwargs_handlers"].append(InitProcessGroupKwargs(backend="gloo"))
         configure_deepspeed(kwargs, cfg)
         self.accelerator = acc = Accelerator(**kwargs)
         fill_deepspeed_auto(acc, cfg)
