@@ -84,7 +84,7 @@ def plot(curves: dict[str, dict], out: Path, n_users: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="training output folders (each with metrics.jsonl)")
+    parser.add_argument("runs", nargs="+", help="training output folders (each with metrics.jsonl), or metrics .jsonl files")
     parser.add_argument("--labels", nargs="+", help="one label per run (default: the folder names)")
     parser.add_argument("--validation-users", default="64 users", help="how the y axis names the validation set")
     parser.add_argument("--out", default="bench/out/learning_curves", help="output path without suffix")
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
-    curves = {label: read_curve(Path(run) / "metrics.jsonl") for label, run in zip(labels, args.runs)}
+    curves = {label: read_curve(Path(run) if run.endswith(".jsonl") else Path(run) / "metrics.jsonl")
+              for label, run in zip(labels, args.runs)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"runs": dict(zip(labels, args.runs)), "curves": curves}, indent=1))

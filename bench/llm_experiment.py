@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{args.dataset}_experiment.json").write_text(text + "\n", encoding="utf-8")
     table = markdown(results)
     (out / f"{args.dataset}_experiment.md").write_text(table, encoding="utf-8")
-    plot(results, {n: extra[n]["validation_curve"] for n in extra if "validation_curve" in extra[n]}, out)
+    plot(results, {n: row["validation_curve"] for n, row in results_rows.items() if row.get("validation_curve")}, out)
     print(table, end="")
     print(f"written: {out}/{args.dataset}_experiment.{{json,md,png}}, {out}/learning_curves.png")
     return 0
