@@ -8,9 +8,9 @@ from typing import Literal
 
 from llmrec.config import ConfigError, load_config
 from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE
-from llmrec.tmf.tasks import TASKS
 from llmrec.tmf.model import ModelConfig
 from llmrec.tmf.prompts.render import PromptConfig
+from llmrec.tmf.tasks import TASKS
 
 TRAIN_CONFIG_FILE = "train_config.yaml"
 """The resolved config a run writes into its output folder and every checkpoint."""
@@ -86,6 +86,9 @@ class EvalSettings:
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
 
 
+TRACKERS = ("tensorboard", "wandb")  # accelerate trackers a run may log to (TrainConfig.trackers)
+
+
 @dataclass
 class TrainConfig:
     """One training run (every key is documented in docs/training.md)."""
@@ -128,6 +131,10 @@ class TrainConfig:
     """torch CPU threads (null: torch's default)."""
     deepspeed_config: str | None = None
     """A configs/deepspeed/*.json file for single-command runs; ``accelerate launch`` configs also work."""
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """accelerate trackers that also receive the scalars of metrics.jsonl (loss, lr, throughput, the curriculum's
+    task probabilities, validation HR@1): ``tensorboard`` writes <output_dir>/tracking/ (open it with
+    ``tensorboard --logdir <output_dir>/tracking``), ``wandb`` where installed; ``[]`` turns tracking off."""
 
     def validate(self) -> None:
         for key in ("batch_size", "gradient_accumulation_steps", "length_group_size", "log_every"):
@@ -137,6 +144,10 @@ class TrainConfig:
             raise ConfigError(f"epochs must be > 0 when max_steps is unset, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown or len(set(self.trackers)) != len(self.trackers):
+            raise ConfigError(f"trackers: expected distinct names among {list(TRACKERS)} (or [] for none), "
+                              f"got {self.trackers}")
 
 
 def evaluation_task(cfg: TrainConfig) -> str:

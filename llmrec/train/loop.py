@@ -32,11 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    is_tensorboard_available,
+    is_wandb_available,
+    set_seed,
+)
 from peft import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from llmrec.config import save_config
+from llmrec.config import ConfigError, save_config, to_dict
 from llmrec.data.candidates import load_candidates
 from llmrec.devices import batch_to_device
 from llmrec.generation.ranking import ranking_hit_rate
@@ -46,8 +52,14 @@ from llmrec.tmf.prompts.render import PromptRenderer
 from llmrec.train import checkpoint as ckpt
 from llmrec.train.config import TRAIN_CONFIG_FILE, TrainConfig, evaluation_task
 from llmrec.train.curriculum import CurriculumConfig, CurriculumSampler
-from llmrec.train.schedule import (configure_deepspeed, estimate_prompt_lengths, fill_deepspeed_auto, learning_rate,
-                                   mixed_precision, plan_epoch)
+from llmrec.train.schedule import (
+    configure_deepspeed,
+    estimate_prompt_lengths,
+    fill_deepspeed_auto,
+    learning_rate,
+    mixed_precision,
+    plan_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +90,8 @@ class Trainer:
             # then counts one process (num_processes 1, process_index 0 on every rank), so the ranks would
             # train the same micro-batches and all write the checkpoint; naming gloo makes it count them
             kwargs["kwargs_handlers"].append(InitProcessGroupKwargs(backend="gloo"))
+        if cfg.trackers:
+            kwargs.update(log_with=list(cfg.trackers), project_dir=cfg.output_dir)
         configure_deepspeed(kwargs, cfg)
         self.accelerator = acc = Accelerator(**kwargs)
         fill_deepspeed_auto(acc, cfg)
@@ -199,6 +213,7 @@ class Trainer:
         if acc.is_main_process:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             save_config(cfg, Path(cfg.output_dir) / TRAIN_CONFIG_FILE)
+        start_tracking(acc, cfg)
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
         saved: Path | None = None
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
@@ -218,10 +233,15 @@ class Trainer:
             if (every > 0 and self.step % every == 0) or (every >= 0 and self.step == self.total_steps):
                 record["eval"] = self.evaluate()
             self._append_metrics(record)
+            if cfg.trackers:
+                acc.log(tracked_scalars(record), step=self.step)
             if cfg.save_every and self.step % cfg.save_every == 0:
                 saved = self.save()
         bar.close()
-        return saved or self.save()
+        saved = saved or self.save()
+        if cfg.trackers:
+            acc.end_training()
+        return saved
 
     # ------------------------------------------------------------------ evaluation
     def eval_prompts(self) -> list[Any]:
@@ -353,6 +373,43 @@ class Trainer:
             lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if json.loads(line)["step"] <= step]
             self.metrics_file.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+TRACKING_DIR = "tracking"  # <output_dir>/tracking/: the trackers' files (TensorBoard event files)
+
+
+def start_tracking(acc: Accelerator, cfg: TrainConfig) -> None:
+    """Start the run's trackers (``cfg.trackers``) with the flattened config as hyperparameters."""
+    if not cfg.trackers:
+        return
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    missing = [name for name in cfg.trackers if not available[name]()]
+    if missing:
+        raise ConfigError(f"trackers: {missing} not installed (pip install {' '.join(missing)}), "
+                          f"or set trackers: [] to log to metrics.jsonl only")
+    acc.init_trackers(TRACKING_DIR, config=_hyperparameters(to_dict(cfg)))
+    if acc.is_main_process and "tensorboard" in cfg.trackers:
+        logger.info("tracking: tensorboard --logdir %s", Path(cfg.output_dir) / TRACKING_DIR)
+
+
+def _hyperparameters(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattened config with the value types TensorBoard's hparams accept (lists and None as text)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_hyperparameters(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def tracked_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The scalars of one metrics.jsonl record, named for the trackers (train/*, curriculum/p_*, valid/*)."""
+    scalars = {f"train/{key}": float(record[key]) for key in ("loss", "lr", "tokens_per_s", "samples_per_s")
+               if key in record}
+    scalars.update({f"curriculum/p_{task}": float(p) for task, p in record.get("p", {}).items()})
+    scalars.update({f"valid/{key}": float(value) for key, value in record.get("eval", {}).items() if key != "step"})
+    return scalars
 
 
 def train(cfg: TrainConfig, dataset: Any, tables: ModalityTables, resume: str | Path | None = None,

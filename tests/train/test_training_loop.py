@@ -175,3 +175,26 @@ def test_validation_runs_every_n_steps_and_after_the_last(tmp_path, tiny_lm_dir,
     # prompts, curriculum draws, initialisation, learning-rate schedule or loss averaging moves these
     losses = [json.loads(x)["loss"] for x in trainer.metrics_file.read_text().splitlines()]
     assert losses == pytest.approx([10.819016, 10.811065, 10.828009], abs=1e-4)
+
+
+def test_scalars_reach_tensorboard_and_trackers_can_be_off(tmp_path, tiny_lm_dir, shop, tables):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmrec.config import ConfigError
+
+    trainer = Trainer(tiny_config(tmp_path, tiny_lm_dir, "tracked", "max_steps=2", "eval.every=2"), shop, tables)
+    trainer.run()
+    records = [json.loads(x) for x in trainer.metrics_file.read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tracked" / "tracking"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [1, 2]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in records])  # the very numbers of metrics.jsonl
+    assert [e.value for e in events.Scalars("valid/HR@1")] == pytest.approx([records[-1]["eval"]["HR@1"]])
+    assert {"curriculum/p_easy", "curriculum/p_medium", "curriculum/p_hard"} <= set(events.Tags()["scalars"])
+
+    off = Trainer(tiny_config(tmp_path, tiny_lm_dir, "untracked", "max_steps=2", "trackers=[]"), shop, tables)
+    off.run()
+    assert off.metrics_file.is_file() and not (tmp_path / "untracked" / "tracking").exists()
+    with pytest.raises(ConfigError, match="trackers"):
+        tiny_config(tmp_path, tiny_lm_dir, "bad", "trackers=[tensorbord]")
