@@ -239,8 +239,9 @@ class Trainer:
                 saved = self.save()
         bar.close()
         saved = saved or self.save()
-        if cfg.trackers:
-            acc.end_training()
+        if cfg.trackers:  # not acc.end_training(): it also destroys the process group, which the caller may still use
+            for tracker in acc.trackers:
+                tracker.finish()
         return saved
 
     # ------------------------------------------------------------------ evaluation

@@ -8,7 +8,6 @@ for multi-process CPU runs (minutes of C++ compilation, useless with one process
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,29 +20,9 @@ from llmrec.train.loop import Trainer
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def single_process_rendezvous(monkeypatch):
-    deepspeed = pytest.importorskip("deepspeed")
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", False)
-    yield
-    if deepspeed.comm.is_initialized():  # releases DeepSpeed's cached groups too
-        deepspeed.comm.destroy_process_group()
-    elif torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_initializes_takes_steps_saves_and_resumes(tmp_path, tiny_lm_dir, shop, tables, stage,
-                                                              single_process_rendezvous):
+                                                              deepspeed_rendezvous):
     cfg = load_train_config(None, [
         f"output_dir={tmp_path / f'zero{stage}'}", f"model.lm.name_or_path={tiny_lm_dir}", "max_steps=3", "batch_size=4",
         "eval.every=-1", "train_candidates.size=5", "curriculum.fixed_task=hard", "precision=fp32",

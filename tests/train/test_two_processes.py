@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +29,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from .conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "two_process_worker.py"
 TIMEOUT_S = 600  # import-bound: 70-85 s per test pinned to one busy core; the limit only stops a hang
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def recipe(output_dir: Path, lm_dir: Path, accumulation: int) -> list[str]:
