@@ -79,3 +79,29 @@ def train_steps(model, batch, steps: int, lr: float = 1e-2) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def random_modality_spec(dataset, text: bool = True, image: bool = True, seed: int = 0):
+    """The dataset's DatasetSpec with seeded random text (12-d) / image (20-d) tables for multimodal models."""
+    from graph_encoders.base import DatasetSpec
+
+    g = torch.Generator().manual_seed(seed)
+    tables = {"text_table": torch.randn(dataset.n_items, 12, generator=g) if text else None,
+              "image_table": torch.randn(dataset.n_items, 20, generator=g) if image else None}
+    return DatasetSpec.from_dataset(dataset, **tables)
+
+
+def all_training_windows(dataset, max_len: int):
+    """One batch of every training window of the dataset."""
+    from graph_encoders.batching import SequenceBatcher
+
+    batcher = SequenceBatcher(dataset, max_len)
+    return batcher.training_batch(batcher.training_windows().rows)
+
+
+def evaluation_histories(dataset, max_len: int, split: str = "test"):
+    """One batch of every evaluation row of ``split``."""
+    from graph_encoders.batching import SequenceBatcher
+
+    batcher = SequenceBatcher(dataset, max_len)
+    return batcher.history_batch(*batcher.evaluation_rows(split))

@@ -12,23 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from graph_encoders.base import DatasetSpec, build_model, model_config
+from graph_encoders.base import build_model, model_config
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.export import embedding_table
 from graph_encoders.mdsrec import MDSRec, MDSRecConfig
 from llmrec.config import ConfigError, load_config
 
-from .conftest import make_tiny_dataset, train_steps
+from .conftest import all_training_windows, evaluation_histories, make_tiny_dataset, train_steps
+from .conftest import random_modality_spec as spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 16, "max_len": 8, "dropout": 0.0, "n_centers": 4, "top_h": 3, "num_heads": 2}
-
-
-def spec_of(dataset, text: bool = True, image: bool = True, seed: int = 0) -> DatasetSpec:
-    g = torch.Generator().manual_seed(seed)
-    tables = {"text_table": torch.randn(dataset.n_items, 12, generator=g) if text else None,
-              "image_table": torch.randn(dataset.n_items, 20, generator=g) if image else None}
-    return DatasetSpec.from_dataset(dataset, **tables)
 
 
 def build(spec, seed: int = 0, **overrides) -> MDSRec:
@@ -37,13 +31,11 @@ def build(spec, seed: int = 0, **overrides) -> MDSRec:
 
 
 def train_batch(dataset):
-    batcher = SequenceBatcher(dataset, TINY["max_len"])
-    return batcher.training_batch(batcher.training_windows().rows)
+    return all_training_windows(dataset, TINY["max_len"])
 
 
 def eval_batch(dataset):
-    batcher = SequenceBatcher(dataset, TINY["max_len"])
-    return batcher.history_batch(*batcher.evaluation_rows("test"))
+    return evaluation_histories(dataset, TINY["max_len"])
 
 # ---- config ----------------------------------------------------------------------------
 def test_defaults_are_the_papers():
