@@ -1,0 +1,224 @@
+"""Seed models against the conventional baselines, several training seeds, paired on the same users.
+
+    LLMREC_DATA_DIR=../shared/data OMP_WAIT_POLICY=PASSIVE python bench/seed_models.py \
+        [--models sasrec mbht dreamrec mdsrec] [--seeds 42 1 2] [--dataset ml100k] [--threads 1] \
+        [--runs runs/seed_models] [--out bench/out/seed_models] [--report-only] [key=value ...]
+
+Each (model, seed) is ``llmrec fit-graph --config configs/graph/<model>_<dataset>.yaml train.seed=<seed>
+train.num_threads=<threads> output_dir=<runs>/<model>_s<seed>`` in its own process (its wall time and
+peak RSS are its own); a run folder that already holds ``metrics.json`` is read, not retrained, so an
+interrupted benchmark continues where it stopped. Every run is scored on the same frozen test
+candidates; its ``target_ranks-test.npz`` (written by fit-graph) holds each test user's target rank.
+
+Reported, per protocol (``pop100``: 100 negatives drawn per user in proportion to popularity, our
+reading of DreamRec Sec. 4.1.3; ``toppop100``: one fixed top-100 popular list with the user's own
+items swapped for random unseen ones, the MBHT reference code's reading):
+
+* per model: HR@10 and NDCG@10 of every seed and their mean;
+* per pair (each model against each baseline, ``--baselines``): the difference of the seed-mean
+  per-user metric, its 95% paired-bootstrap interval and sign-flip p-value (same users, same candidates);
+* DreamRec's Table 2 row beside ours where the report has one.
+
+Writes ``<out>/seed_models.json``, ``seed_models.md`` and ``seed_models.png`` (HR@10 / NDCG@10 per model,
+seed means with their per-seed points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmrec.devices import describe_machine
+from llmrec.metrics import paired_comparison
+
+PROTOCOLS = ("pop100", "toppop100")
+# DreamRec report (../shared/papers/dreamrec.txt), Table 2, ML-100k, 100 popularity negatives.
+PUBLISHED = {
+    "dreamrec": {"HR@10": 0.6210, "NDCG@10": 0.3532},
+    "sasrec": {"HR@10": 0.5959, "NDCG@10": 0.3351},
+    "mbht": {"HR@10": 0.5740, "NDCG@10": 0.3453},  # MB-STR, MBHT's predecessor
+}
+
+
+def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """HR@10 or NDCG@10 of each row from its 1-based target rank (llmrec.metrics' definitions)."""
+    hit = ranks <= 10
+    if metric == "HR@10":
+        return hit.astype(np.float64)
+    return np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def fit(model: str, seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
+    """Train one (model, seed) in a child process unless its run folder is finished; returns its record."""
+    run_dir = Path(args.runs) / f"{model}_s{seed}"
+    metrics_path = run_dir / "metrics.json"
+    record = {"model": model, "seed": seed, "run_dir": str(run_dir)}
+    if not metrics_path.is_file():
+        if args.report_only:
+            return {**record, "missing": True}
+        command = [str(Path(sys.executable).with_name("llmrec")), "fit-graph",
+                   "--config", str(ROOT / "configs" / "graph" / f"{model}_{args.dataset}.yaml"),
+                   f"train.seed={seed}", f"train.num_threads={args.threads}", f"output_dir={run_dir}", *overrides]
+        print("+", " ".join(command), flush=True)
+        log_path = Path(args.runs) / f"{model}_s{seed}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(log_path, "w") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{model} seed {seed}: fit-graph exited {done.returncode}; see {log_path}")
+        record["bench_wall_seconds"] = time.perf_counter() - started
+        # children's peak RSS so far: an upper bound for this run when runs go in rising order
+        record["children_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    metrics = json.loads(metrics_path.read_text())
+    with np.load(run_dir / "target_ranks-test.npz") as ranks:
+        record["ranks"] = {name: ranks[name] for name in ranks.files if name in PROTOCOLS}
+    record.update({
+        "test": {k: v for k, v in metrics["test"].items() if k.split("/")[0] in PROTOCOLS and k.endswith("@10")},
+        "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
+        "wall_seconds": metrics["wall_seconds"], "torch_threads": metrics.get("torch_threads"),
+        "dataset_fingerprint": metrics["dataset_fingerprint"],
+    })
+    return record
+
+
+def summarize(records: list[dict], models: list[str], baselines: list[str]) -> dict:
+    """Seed means per model and paired comparisons on the seed-mean per-user metric."""
+    done = [r for r in records if not r.get("missing")]
+    fingerprints = {r["dataset_fingerprint"] for r in done}
+    if len(fingerprints) > 1:
+        raise SystemExit(f"runs were trained on different data (fingerprints {sorted(fingerprints)}): not comparable")
+    table: dict = {"models": {}, "pairs": []}
+    user_means: dict[tuple[str, str, str], np.ndarray] = {}
+    for model in models:
+        runs = [r for r in done if r["model"] == model]
+        if not runs:
+            continue
+        entry = {"seeds": [r["seed"] for r in runs], "train_seconds": [r["train_seconds"] for r in runs],
+                 "best_epoch": [r["best_epoch"] for r in runs]}
+        for protocol in PROTOCOLS:
+            for metric in ("HR@10", "NDCG@10"):
+                if any(protocol not in r["ranks"] for r in runs):
+                    continue
+                values = [per_user(r["ranks"][protocol], metric) for r in runs]
+                for r, v in zip(runs, values):
+                    stored = r["test"][f"{protocol}/{metric}"]
+                    if not np.isclose(v.mean(), stored, atol=1e-6):
+                        raise SystemExit(f"{r['run_dir']}: ranks give {protocol}/{metric} {v.mean():.6f}, "
+                                         f"metrics.json says {stored:.6f}")
+                user_means[(model, protocol, metric)] = np.mean(values, axis=0)
+                entry[f"{protocol}/{metric}"] = {"per_seed": [float(v.mean()) for v in values],
+                                                 "mean": float(np.mean([v.mean() for v in values]))}
+        table["models"][model] = entry
+    compared: set[frozenset[str]] = set()
+    for model in models:
+        for base in baselines:
+            if model == base or frozenset((model, base)) in compared:
+                continue
+            compared.add(frozenset((model, base)))
+            for protocol in PROTOCOLS:
+                for metric in ("HR@10", "NDCG@10"):
+                    a, b = user_means.get((base, protocol, metric)), user_means.get((model, protocol, metric))
+                    if a is None or b is None:
+                        continue
+                    table["pairs"].append({"model": model, "baseline": base, "protocol": protocol, "metric": metric,
+                                           **paired_comparison(a, b)})
+    return table
+
+
+def markdown(table: dict, machine: str, command: str) -> str:
+    lines = [f"Command: `{command}`", "", f"Machine: {machine}", ""]
+    for protocol in PROTOCOLS:
+        lines += [f"**{protocol}** (test split, seed means; per seed in brackets)", "",
+                  "| model | seeds | HR@10 | NDCG@10 | published HR@10 / NDCG@10 | train s (per seed) | best epoch |",
+                  "|---|---|---|---|---|---|---|"]
+        for model, e in table["models"].items():
+            if f"{protocol}/HR@10" not in e:
+                continue
+            cells = []
+            for metric in ("HR@10", "NDCG@10"):
+                m = e[f"{protocol}/{metric}"]
+                cells.append(f"{m['mean']:.4f} ({', '.join(f'{v:.4f}' for v in m['per_seed'])})")
+            pub = PUBLISHED.get(model)
+            pub_cell = f"{pub['HR@10']:.4f} / {pub['NDCG@10']:.4f}" if pub and protocol == "pop100" else "–"
+            lines.append(f"| {model} | {', '.join(map(str, e['seeds']))} | {cells[0]} | {cells[1]} | {pub_cell} | "
+                         f"{', '.join(f'{s:.0f}' for s in e['train_seconds'])} | {', '.join(map(str, e['best_epoch']))} |")
+        lines.append("")
+    lines += [("**Paired differences** (model − baseline, seed-mean per-user metric, same test users and candidates; "
+               "95% paired bootstrap, sign-flip p)"), "",
+              "| model | baseline | protocol | metric | difference | 95% interval | p |", "|---|---|---|---|---:|---|---:|"]
+    for p in table["pairs"]:
+        lines.append(f"| {p['model']} | {p['baseline']} | {p['protocol']} | {p['metric']} | {p['difference']:+.4f} | "
+                     f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] | {p['p_value']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(table["models"])
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, (protocol, metric) in zip(axes, [(p, m) for p in PROTOCOLS for m in ("HR@10", "NDCG@10")]):
+        shown = [m for m in models if f"{protocol}/{metric}" in table["models"][m]]
+        means = [table["models"][m][f"{protocol}/{metric}"]["mean"] for m in shown]
+        ax.bar(range(len(shown)), means, color="#8fb3d9")
+        for i, m in enumerate(shown):
+            points = table["models"][m][f"{protocol}/{metric}"]["per_seed"]
+            ax.plot([i] * len(points), points, "k.", markersize=5)
+        ax.set_xticks(range(len(shown)), shown, rotation=30)
+        ax.set_title(f"{protocol} {metric} (bars: seed mean)")
+        if means:
+            ax.set_ylim(min(means) * 0.85, max(max(means) * 1.05, 0.01))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["sasrec", "mbht", "dreamrec", "mdsrec"])
+    parser.add_argument("--baselines", nargs="+", default=["sasrec", "mbht"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
+    parser.add_argument("--dataset", default="ml100k")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default="runs/seed_models")
+    parser.add_argument("--out", default="bench/out/seed_models")
+    parser.add_argument("--report-only", action="store_true", help="read finished runs, train nothing")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides passed to every fit-graph run")
+    args = parser.parse_args(argv)
+    records = [fit(model, seed, args, args.overrides) for model in args.models for seed in args.seeds]
+    missing = [f"{r['model']}_s{r['seed']}" for r in records if r.get("missing")]
+    if missing:
+        print(f"not trained yet (left out of the report): {', '.join(missing)}")
+    table = summarize(records, args.models, args.baselines)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python bench/seed_models.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    machine = describe_machine()
+    text = markdown(table, machine, command)
+    print(text)
+    (out / "seed_models.md").write_text(text)
+    runs = [{k: v for k, v in r.items() if k != "ranks"} for r in records]
+    (out / "seed_models.json").write_text(json.dumps({"command": command, "machine": machine, "runs": runs, **table},
+                                                     indent=2))
+    chart(table, out / "seed_models.png")
+    print(f"wrote {out / 'seed_models.md'}, .json, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
