@@ -190,7 +190,8 @@ def plot(results: dict, curves: dict, out: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("validation HR@1 (64 users)")
         ax.set_ylim(0, 1)
-    by_step.legend(fontsize=7)
+    if any(curves.values()):
+        by_step.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=120)
 
