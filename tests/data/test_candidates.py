@@ -28,7 +28,7 @@ def test_candidate_properties(random_log_config):
                 assert len(set(row.tolist())) == 12
                 interacted = set(ds.sequences[user].items.tolist())
                 assert len(set(row.tolist()) & interacted) == 1  # only the target was ever interacted with
-            assert 0 <= cands.items.min() and cands.items.max() < ds.n_items
+            assert cands.items.min() >= 0 and cands.items.max() < ds.n_items
 
 
 def test_two_fresh_prepares_write_identical_bytes(tmp_path):
