@@ -105,3 +105,17 @@ def evaluation_histories(dataset, max_len: int, split: str = "test"):
 
     batcher = SequenceBatcher(dataset, max_len)
     return batcher.history_batch(*batcher.evaluation_rows(split))
+
+
+def fit_and_full_hr5(model, dataset, max_len: int, epochs: int) -> float:
+    """Train ``model`` with the project's trainer (full-ranking HR@5 monitored), then its test full HR@5."""
+    from graph_encoders.batching import SequenceBatcher
+    from graph_encoders.evaluation import EvalConfig, evaluate
+    from graph_encoders.trainer import TrainConfig, Trainer
+
+    batcher = SequenceBatcher(dataset, max_len)
+    config = TrainConfig(epochs=epochs, batch_size=16, learning_rate=1e-2, monitor="full/HR@5", patience=epochs,
+                         checkpoint=False, num_threads=1)
+    eval_config = EvalConfig(protocols=[], full_ks=[5])
+    Trainer(model, batcher, config, eval_config, progress=False).fit()
+    return evaluate(model, batcher, "test", eval_config, progress=False)["full/HR@5"]

@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from graph_encoders.base import SeqBatch, build_model, model_config
-from graph_encoders.batching import SequenceBatcher
 from graph_encoders.export import embedding_table
 from graph_encoders.m3bsr import M3BSR, M3BSRConfig
 from llmrec.config import ConfigError, load_config
 
-from .conftest import all_training_windows, evaluation_histories, make_tiny_dataset, train_steps
+from .conftest import all_training_windows, evaluation_histories, fit_and_full_hr5, make_tiny_dataset, train_steps
 from .conftest import random_modality_spec as spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,15 +249,6 @@ def test_missing_modality_is_dropped(tiny_dataset):
 
 def test_fit_on_the_tiny_dataset_beats_chance():
     """A few epochs through the project's trainer and evaluator."""
-    from graph_encoders.evaluation import EvalConfig, evaluate
-    from graph_encoders.trainer import TrainConfig, Trainer
-
     dataset = make_tiny_dataset(n_users=40)
     model = build(spec_of(dataset), dropout=0.1)
-    batcher = SequenceBatcher(dataset, TINY["max_len"])
-    config = TrainConfig(epochs=12, batch_size=16, learning_rate=1e-2, monitor="full/HR@5", patience=12,
-                         checkpoint=False, num_threads=1)
-    eval_config = EvalConfig(protocols=[], full_ks=[5])
-    Trainer(model, batcher, config, eval_config, progress=False).fit()
-    metrics = evaluate(model, batcher, "test", eval_config, progress=False)
-    assert metrics["full/HR@5"] > 3 * 5 / dataset.n_items  # chance is 5/30
+    assert fit_and_full_hr5(model, dataset, TINY["max_len"], epochs=12) > 3 * 5 / dataset.n_items  # chance is 5/30
