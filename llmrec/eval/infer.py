@@ -55,6 +55,28 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class RerankSettings:
+    """``protocol: rerank``: a sequential recommender retrieves, the LLM re-ranks (docs/inference.md)."""
+
+    retriever: str | None = None
+    """A graph config (configs/graph/*.yaml) whose model retrieves from the whole catalog, trained on the
+    recipe's split on first use and reused afterwards; null: the recipe's own graph_config."""
+    k: int = 20
+    """Items retrieved per user, all of which the LLM scores."""
+    order: Literal["shuffled", "retriever"] = "shuffled"
+    """Candidate order in the prompt: seeded shuffle per user (the LLM gets no hint of the retriever's order)
+    or the retriever's order, best first."""
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    """Cut-offs of HR@K / NDCG@K over the whole catalog; each must be <= k."""
+
+    def validate(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"rerank.k must be >= 2 (something to re-rank), got {self.k}")
+        if not self.ks or any(not 1 <= x <= self.k for x in self.ks):
+            raise ConfigError(f"rerank.ks {self.ks} must be non-empty and within 1..rerank.k ({self.k})")
+
+
+@dataclass
 class InferConfig:
     """One inference run (every key is described in docs/inference.md)."""
 
@@ -68,6 +90,10 @@ class InferConfig:
     task: Literal["easy", "medium", "hard"] | None = None
     """Prompt task; null: the recipe's eval.task, else curriculum.fixed_task, else hard (full TMF)."""
     mode: Literal["rank", "generate", "both"] = "both"
+    protocol: Literal["sampled", "rerank"] = "sampled"
+    """sampled: the recipe's frozen candidate sets; rerank: the retriever's top ``rerank.k`` of the whole
+    catalog, re-ranked by the LLM (mode: rank; :mod:`llmrec.eval.rerank`)."""
+    rerank: RerankSettings = field(default_factory=RerankSettings)
     backend: Literal["hf", "vllm"] = "hf"
     """Generation backend (ranking always runs on the HF model)."""
     batch_size: int = 8
@@ -106,6 +132,9 @@ class InferConfig:
         if self.checkpoint is None and self.task not in (None, "easy"):
             raise ConfigError(f"task={self.task!r} with checkpoint: null would feed untrained (random) adaptor "
                               "vectors; zero-shot runs use task: easy")
+        if self.protocol == "rerank" and self.mode != "rank":
+            raise ConfigError(f"protocol: rerank orders the retrieved items by candidate ranking; set mode: rank "
+                              f"(got {self.mode!r})")
         if self.backend == "vllm" and self.generation.constrained:
             raise ConfigError("generation.constrained is implemented for backend: hf only")
 
@@ -144,6 +173,16 @@ def resolve_train_config(cfg: InferConfig, checkpoint: Path | None) -> Any:
 def resolve_task(cfg: InferConfig, train_cfg: Any) -> str:
     """``task`` when set, else the task the recipe is evaluated on (:func:`llmrec.train.config.evaluation_task`)."""
     return cfg.task or evaluation_task(train_cfg)
+
+
+def resolve_run(cfg: InferConfig) -> tuple[Path | None, Any, str]:
+    """``(checkpoint or None, train config, task)`` of an inference run; zero-shot runs must use task easy."""
+    checkpoint = resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+    train_cfg = resolve_train_config(cfg, checkpoint)
+    task = resolve_task(cfg, train_cfg)
+    if checkpoint is None and task != "easy":
+        raise ConfigError(f"zero-shot runs use task: easy (the recipe resolves the task to {task!r})")
+    return checkpoint, train_cfg, task
 
 
 def default_output(checkpoint: Path, split: str, task: str) -> Path:
@@ -238,12 +277,11 @@ def rank_prompts(cfg: InferConfig, model: Any, answer_collator: Any, renderer: A
 def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool = True) -> Path:
     """Write the predictions of ``cfg`` on ``dataset`` with ``tables`` (the recipe's, built by
     ``llmrec.pipeline.stages.ensure_inputs``) and return their path."""
+    if cfg.protocol != "sampled":
+        raise ConfigError(f"protocol: {cfg.protocol} runs through llmrec.eval.rerank.run_rerank (llmrec infer "
+                          "dispatches on it)")
     start = time.perf_counter()
-    checkpoint = resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
-    train_cfg = resolve_train_config(cfg, checkpoint)
-    task = resolve_task(cfg, train_cfg)
-    if checkpoint is None and task != "easy":
-        raise ConfigError(f"zero-shot runs use task: easy (the recipe resolves the task to {task!r})")
+    checkpoint, train_cfg, task = resolve_run(cfg)
     output = Path(cfg.output) if cfg.output else default_output(checkpoint, cfg.split, task)
     device = resolve_device(cfg)
     model = load_model(cfg, checkpoint, train_cfg, tables).to(device).eval()

@@ -12,7 +12,8 @@ from typing import Any
 from llmrec.cli_common import add_config_arguments, fail, load_or_exit, print_config, setup_logging
 from llmrec.config import ConfigError
 from llmrec.eval.infer import InferConfig, load_infer_config, resolve_checkpoint, resolve_train_config, run_inference
-from llmrec.pipeline.stages import ensure_dataset, ensure_inputs
+from llmrec.eval.rerank import run_rerank
+from llmrec.pipeline.stages import ensure_dataset, ensure_inputs, ensure_retrieval
 from llmrec.tmf.model import ModalityTables
 from llmrec.train.config import load_train_config
 from llmrec.train.loop import train
@@ -46,10 +47,25 @@ def inference_inputs(cfg: InferConfig) -> tuple[Any, ModalityTables]:
     return ensure_dataset(train_cfg.data_config, list(train_cfg.data_overrides)), ModalityTables()
 
 
+def run_predictions(cfg: InferConfig, progress: bool = True) -> Any:
+    """Build the inputs of ``cfg`` and run it: the frozen sampled candidates, or retrieve-then-rerank."""
+    dataset, tables = inference_inputs(cfg)
+    if cfg.protocol == "sampled":
+        return run_inference(cfg, dataset, tables, progress=progress)
+    recipe_graph = resolve_train_config(cfg, resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint else None).graph_config
+    retriever = cfg.rerank.retriever or recipe_graph
+    if not retriever:
+        raise ConfigError("rerank.retriever is null and the recipe has no graph_config: name a configs/graph/*.yaml "
+                          "file whose model retrieves")
+    retrieval = ensure_retrieval(retriever, dataset, cfg.split, cfg.rerank.k, progress)
+    return run_rerank(cfg, dataset, tables, retrieval, progress=progress)
+
+
 def infer_main(argv: list[str] | None = None) -> int:
     """``llmrec infer [--config FILE] [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="llmrec infer", description="Predict for test users: generate and/or "
-                                     "rank the frozen candidates with a TMF checkpoint (or a zero-shot LLM).")
+                                     "rank the frozen candidates with a TMF checkpoint (or a zero-shot LLM), or re-rank a "
+                                     "recommender's top K of the catalog (protocol=rerank).")
     add_config_arguments(parser, config_help="a configs/infer/*.yaml file (optional)", required=False,
                          print_config=True, overrides_example="checkpoint=runs/x mode=generate")
     args = parser.parse_args(argv)
@@ -58,7 +74,7 @@ def infer_main(argv: list[str] | None = None) -> int:
     if args.print_config:
         return print_config(cfg)
     try:
-        path = run_inference(cfg, *inference_inputs(cfg))
+        path = run_predictions(cfg)
     except (ConfigError, FileNotFoundError) as err:
         return fail(parser.prog, err)
     print(path)

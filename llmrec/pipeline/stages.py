@@ -27,6 +27,7 @@ import yaml
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.cli import FitGraphConfig, fit_graph, load_run
 from graph_encoders.predictions import baseline_prediction_records, predictions_path
+from graph_encoders.retrieval import Retrieval, retrieve
 from graph_encoders.trainer import CHECKPOINT_DIR, StaleCheckpointError
 from llmrec.config import ConfigError, load_config, to_dict
 from llmrec.data import load_data_config, prepare
@@ -134,6 +135,19 @@ def _write_missing_predictions(run_dir: Path, dataset: SequenceDataset, wanted: 
         records = baseline_prediction_records(model, batcher, split, protocols[name], config.eval)
         log.info("stage graph: wrote %s from the run's best weights", write_jsonl(
             predictions_path(run_dir, split, name), records))
+
+
+def ensure_retrieval(retriever_config: str | Path, dataset: SequenceDataset, split: str, k: int,
+                     progress: bool = True) -> Retrieval:
+    """The top ``k`` of the whole catalog for every ``split`` row, by the recommender of ``retriever_config``
+    (a configs/graph/*.yaml file; its run on ``dataset`` is trained on first use and reused afterwards)."""
+    run_dir = ensure_graph_run(retriever_config, dataset)
+    model, dataset, config = load_run(run_dir, dataset=dataset)
+    batcher = SequenceBatcher(dataset, model.config.max_len, config.sequence)
+    retrieval = retrieve(model, batcher, split, k, config.eval.batch_size, progress)
+    log.info("stage retrieve: %s top %d for %d %s rows (recall@%d %.3f)", retrieval.model, k, len(retrieval.targets),
+             split, k, float(retrieval.hit.mean()) if len(retrieval.targets) else float("nan"))
+    return retrieval
 
 
 def ensure_graph_table(graph_config: str | Path, dataset: SequenceDataset) -> EmbeddingTable:
