@@ -16,8 +16,8 @@ One forward pass:
 
 Gradient routing (Eq. 9-11, :data:`llmrec.tmf.tasks.TRAINABLE_BY_TASK`): LoRA always trains; a row of
 task ``medium`` trains the behavior adaptor, a row of task ``hard`` also the fusion and the item adaptor.
-A module outside a row's task is applied with detached parameters for that row, so it gets no
-gradient from it even when the prompt happens to contain its slots.
+A module outside a row's task passes that row a detached output, so it gets no gradient from it even
+when the prompt happens to contain its slots (:func:`_call`; the same under DeepSpeed ZeRO-3).
 
 Loss: the token-mean negative log-likelihood of the answer tokens (Eq. 9-11 sum log-probabilities over
 the answer tokens of a sample; averaging over the batch's tokens, as LLaRA and transformers do, only
@@ -147,16 +147,32 @@ class TMFOutput(ModelOutput):
 
 
 def _call(module: nn.Module, trainable_rows: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-    """``module(*args)`` with gradient only for the batch rows in ``trainable_rows`` ([B] bool)."""
+    """``module(*args)`` with parameter gradient only from the batch rows in ``trainable_rows`` ([B] bool).
+
+    One forward over every row; the rows outside ``trainable_rows`` take a detached copy of their output, so
+    neither the module's parameters nor its inputs get gradient from those rows. Dropping their input
+    gradient is exact here: the inputs are constant tables, or the fusion output, whose rows outside the item
+    adaptor's task are outside the fusion's too (:func:`check_routing_is_nested`). This form runs on
+    parameters DeepSpeed ZeRO-3 partitions (the earlier ``torch.func.functional_call`` with detached
+    parameters met ZeRO-3's hooks with plain tensors and failed) and costs one forward, not two.
+    """
+    out = module(*args)
     n_trainable = int(trainable_rows.sum())
     if n_trainable == trainable_rows.numel():
-        return module(*args)
-    frozen = {name: p.detach() for name, p in module.named_parameters()}
-    frozen_out = torch.func.functional_call(module, frozen, args)
+        return out
     if n_trainable == 0:
-        return frozen_out
-    shape = (-1,) + (1,) * (frozen_out.dim() - 1)
-    return torch.where(trainable_rows.view(shape), module(*args), frozen_out)
+        return out.detach()
+    shape = (-1,) + (1,) * (out.dim() - 1)
+    return torch.where(trainable_rows.view(shape), out, out.detach())
+
+
+def check_routing_is_nested(trainable_by_task: Mapping[str, frozenset[str]] = TRAINABLE_BY_TASK) -> None:
+    """:func:`_call` drops a frozen row's input gradient; that is exact only if every task that trains the
+    fusion also trains the item adaptor it feeds (TMF Eq. 11 trains both; Eq. 9-10 neither)."""
+    for task, parts in trainable_by_task.items():
+        if "fusion" in parts and "item_adaptor" not in parts:
+            raise ValueError(f"TRAINABLE_BY_TASK[{task!r}] trains the fusion but not the item adaptor; "
+                             "llmrec.tmf.model._call would drop the fusion's gradient from those rows")
 
 
 def _token_embedding_rms(causal_lm: nn.Module) -> float:
@@ -175,7 +191,7 @@ class TMFModel(nn.Module):
     def __init__(self, cfg: ModelConfig, tables: ModalityTables | None = None, *, lm: nn.Module | None = None,
                  tokenizer: Any = None) -> None:
         super().__init__()
-
+        check_routing_is_nested()
         self.cfg = cfg
         tables = tables or ModalityTables()
         if lm is None:

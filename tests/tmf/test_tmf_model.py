@@ -231,3 +231,15 @@ def test_llara_item_vectors_are_the_adapted_graph_embeddings(shop, renderer, tok
     model.save_pretrained(tmp_path)
     reloaded = TMFModel.from_pretrained(tmp_path, tables).eval()
     assert torch.equal(reloaded.embed_inputs(batch), embeds)
+
+
+def test_routing_must_train_the_item_adaptor_wherever_it_trains_the_fusion():
+    """_call drops a frozen row's input gradient; a task training the fusion but not the item adaptor would lose
+    the fusion's gradient silently, so such a routing table is refused."""
+    from llmrec.tmf.model import check_routing_is_nested
+    from llmrec.tmf.tasks import TRAINABLE_BY_TASK
+
+    check_routing_is_nested(TRAINABLE_BY_TASK)  # the shipped table (Eq. 9-11)
+    broken = dict(TRAINABLE_BY_TASK, hard=frozenset({"lora", "fusion"}))
+    with pytest.raises(ValueError, match="trains the fusion but not the item adaptor"):
+        check_routing_is_nested(broken)

@@ -1,10 +1,11 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 (one process, CPU) train the easy and medium tasks too, not only hard.
 
 Easy steps leave every adaptor unused and medium steps the fusion and item adaptor; a batch that mixes
-tasks (``curriculum.per_sample``) applies a module with detached parameters (``torch.func.functional_call``)
-for the rows outside its task, which under ZeRO-3 runs on partitioned parameters. ZeRO-2 keeps whole
-parameters, so the two runs must end with the same weights: ZeRO-3 gathering the wrong (or no) values for
-the detached call, or mishandling a module no row used, would show as a difference or an error.
+tasks (``curriculum.per_sample``) gives the rows outside a module's task a detached output
+(``llmrec.tmf.model._call``), which under ZeRO-3 runs on partitioned parameters. ZeRO-2 keeps whole
+parameters, so the two runs must end with the same weights: ZeRO-3 mishandling the per-row routing, or a
+module no row used, would show as a difference or an error. (An earlier ``_call`` applied the module
+with detached parameters through ``torch.func.functional_call``; ZeRO-3's hooks failed on it.)
 The runs are compared with each other, not with a run without DeepSpeed: DeepSpeed's optimizer steps
 every parameter of its flat partition, so a parameter no row used still decays and advances Adam's step
 count, which ``torch.optim.AdamW`` skips for a parameter without a gradient (about 1e-4 apart after these
@@ -32,15 +33,7 @@ def trained_weights(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-# a batch mixing tasks runs a module with detached parameters through torch.func.functional_call for the rows
-# outside its task (llmrec.tmf.model._call); ZeRO-3's pre-forward hook then meets the plain detached tensors
-# in place of its partitioned parameters and fails (AttributeError: 'Tensor' object has no attribute
-# 'ds_status'). strict: the test reports XPASS, and fails, once _call works under ZeRO-3
-ZERO3_MIXED = pytest.mark.xfail(raises=AttributeError, strict=True,
-                                reason="llmrec.tmf.model._call: functional_call with detached parameters under ZeRO-3")
-
-
-@pytest.mark.parametrize("per_sample", [False, pytest.param(True, marks=ZERO3_MIXED)],
+@pytest.mark.parametrize("per_sample", [False, True],
                          ids=["one-task-per-step", "mixed-batches"])
 def test_zero2_and_zero3_train_easy_and_medium_steps_alike(tmp_path, tiny_lm_dir, shop, tables, per_sample,
                                                            deepspeed_rendezvous):
