@@ -118,6 +118,8 @@ class InferConfig:
     (required when zero-shot)."""
     save_prompts: bool = False
     """Also store each prompt's text (slots shown as [MT_i:k] / [MT_b:k])."""
+    drop_modalities: list[Literal["image", "text", "graph"]] = field(default_factory=list)
+    """Modalities masked out of the fusion at inference (an ablation; ``TMFModel.drop_modalities``)."""
 
     def validate(self) -> None:
         for key in ("batch_size", "rank_batch_size"):
@@ -132,6 +134,9 @@ class InferConfig:
         if self.checkpoint is None and self.task not in (None, "easy"):
             raise ConfigError(f"task={self.task!r} with checkpoint: null would feed untrained (random) adaptor "
                               "vectors; zero-shot runs use task: easy")
+        if len(set(self.drop_modalities)) != len(self.drop_modalities) or len(self.drop_modalities) == 3:
+            raise ConfigError(f"drop_modalities {self.drop_modalities}: each at most once, and at least one of "
+                              "image / text / graph must stay")
         if self.protocol == "rerank" and self.mode != "rank":
             raise ConfigError(f"protocol: rerank orders the retrieved items by candidate ranking; set mode: rank "
                               f"(got {self.mode!r})")
@@ -252,9 +257,14 @@ def load_model(cfg: InferConfig, checkpoint: Path | None, train_cfg: Any, tables
     if checkpoint is None:
         logger.info("zero-shot: %s without fine-tuning (LoRA is the identity at initialization)",
                     train_cfg.model.lm.name_or_path)
-        return TMFModel(train_cfg.model, tables)
-    model_overrides = [o[len("model."):] for o in cfg.train_overrides if o.startswith("model.")]
-    return TMFModel.from_pretrained(checkpoint, tables, overrides=model_overrides)
+        model = TMFModel(train_cfg.model, tables)
+    else:
+        model_overrides = [o[len("model."):] for o in cfg.train_overrides if o.startswith("model.")]
+        model = TMFModel.from_pretrained(checkpoint, tables, overrides=model_overrides)
+    if cfg.drop_modalities:
+        logger.info("ablation: modalities %s masked out of the fusion", cfg.drop_modalities)
+        model.drop_modalities(cfg.drop_modalities)
+    return model
 
 
 def make_generator(cfg: InferConfig, model: Any, tokenizer_collator: Any, answer_collator: Any,

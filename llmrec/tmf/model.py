@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 ADAPTORS_FILE = "adaptors.safetensors"
 MODEL_CONFIG_FILE = "tmf_model.yaml"
 ADAPTOR_GROUPS = ("fusion", "item_adaptor", "behavior_adaptor")
+MODALITIES = ("image", "text", "graph")  # the column order of modality_mask_table
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -224,10 +225,22 @@ class TMFModel(nn.Module):
                     self.vocab_size, {k: sum(p.numel() for p in v) for k, v in self.parameter_groups().items()})
 
     # ------------------------------------------------------------------ tables
+    def drop_modalities(self, names: list[str] | tuple[str, ...]) -> None:
+        """Mask the modalities ``names`` out of every item's fusion input (an inference-time ablation).
+
+        The fusion (Eq. 5-8) then treats them as absent, as it treats ML-100k's missing images. ``graph`` is the
+        item-level graph embedding only: behavior slots keep the graph encoder's behavior embeddings.
+        """
+        unknown = sorted(set(names) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"drop_modalities: unknown modality {unknown}; expected some of {list(MODALITIES)}")
+        for name in names:
+            self.modality_mask_table[:, MODALITIES.index(name)] = False
+
     def _register_tables(self, tables: ModalityTables, dims: dict[str, int]) -> None:
         n_items = tables.n_items
         rows, masks = {}, []
-        for name in ("image", "text", "graph"):
+        for name in MODALITIES:
             table = getattr(tables, name)
             if table is None:
                 rows[name] = torch.zeros(n_items, dims[name])

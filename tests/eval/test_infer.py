@@ -144,3 +144,22 @@ def test_every_infer_config_loads(path):
         assert (REPO / cfg.recipe).is_file(), f"{path.name}: recipe {cfg.recipe} does not exist"
     header = path.read_text().splitlines()[0]
     assert header.startswith("#")
+
+
+def test_dropped_modalities_change_hard_prompts_only(tmp_path, peaked_lm_dir, shop, tables):
+    """drop_modalities masks a modality out of the fusion: hard-prompt scores move, easy ones cannot."""
+    checkpoint = save_checkpoint(tmp_path / "ckpt", peaked_lm_dir, tables)
+    scores = {}
+    for task in ("hard", "easy"):
+        for dropped in ([], ["image"], ["image", "graph"]):
+            cfg = load_infer_config(None, [f"checkpoint={checkpoint}", "mode=rank", "n_users=4", f"task={task}",
+                                           f"drop_modalities=[{','.join(dropped)}]", "precision=fp32",
+                                           f"output={tmp_path / f'{task}-{len(dropped)}.jsonl'}"])
+            path = run_inference(cfg, shop, tables, progress=False)
+            scores[task, len(dropped)] = np.array([json.loads(x)["scores"] for x in path.read_text().splitlines()])
+    assert not np.allclose(scores["hard", 0], scores["hard", 1])
+    assert not np.allclose(scores["hard", 1], scores["hard", 2])
+    np.testing.assert_array_equal(scores["easy", 0], scores["easy", 2])  # no item slots: nothing to fuse
+    for bad in ("[image,text,graph]", "[image,image]", "[audio]"):
+        with pytest.raises(ConfigError):
+            load_infer_config(None, [f"checkpoint={checkpoint}", f"drop_modalities={bad}"])
