@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from llmrec.data import prepare
 from llmrec.data.cache import load_prepared
 from llmrec.data.candidates import load_candidates
 
 from .conftest import generic_config, random_log, write_log
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_second_prepare_loads_from_cache(random_log_config, caplog):
@@ -63,3 +67,19 @@ def test_an_empty_split_round_trips_with_its_columns(tmp_path):
     assert len(ds.samples["train"]) == 0 and len(ds.samples["test"]) == 2
     assert ds.samples["train"].column_names == ds.samples["test"].column_names
     assert load_candidates(prepare(cfg), "train", size=3).items.shape == (0, 3)
+
+
+@pytest.mark.parametrize(("config", "overrides", "pinned"), [
+    ("configs/data/shop.yaml", ["max_history=20"], "6ffd34f0a179"),  # the shop tables of docs/results/shop
+    ("configs/data/ml100k.yaml", ["max_history=10"], "9c7d7964604a"),  # the ML-100k tables of docs/results/ml100k
+])
+def test_fingerprints_of_the_recorded_experiments_do_not_move(config, overrides, pinned, llmrec_data_dir, monkeypatch):
+    """A new DataConfig key must leave existing fingerprints alone (cache.ADDED_AT_DEFAULT): a moved fingerprint
+    orphans every cached dataset, frozen candidate file and trained run, and the committed results naming it."""
+    from llmrec.data import load_data_config
+    from llmrec.data.cache import fingerprint
+    from llmrec.data.loaders import input_files
+
+    monkeypatch.setenv("LLMREC_DATA_DIR", str(llmrec_data_dir))
+    cfg = load_data_config(REPO / config, overrides)
+    assert fingerprint(cfg, input_files(cfg))[:12] == pinned
