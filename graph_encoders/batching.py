@@ -7,6 +7,12 @@ interactions that overlap by one item. A window gives ``max_len`` inputs and the
 transition of the training part is trained exactly once per epoch (``windows="all"``).
 ``windows="newest"`` keeps only the newest window per user (SASRec's reference code).
 
+``windows="rows"`` trains on the rows of ``dataset.samples["train"]`` instead, one example
+per row: the row's history (newest ``max_len``) as input and its target as the only label,
+at the last position. It is the mode for pre-split data (``source: samples`` / ``llara``,
+:mod:`llmrec.data.presplit`), whose pseudo-sequences are single rows, not whole user
+sequences; on leave-one-out data it trains each training target once, from its own history.
+
 Evaluation rows are the rows of ``dataset.samples[split]`` (so they align with the
 frozen candidate sets); the history is rebuilt from the full sequence as the newest
 ``max_len`` interactions before ``position``.
@@ -38,6 +44,7 @@ class TrainingWindows:
     rows: np.ndarray  # int64 [n_windows, 3]
     users_without_transitions: int  # users whose training part has < 2 interactions (nothing to train)
     windows_without_loss: int  # windows dropped because no position is a loss position (loss_on=target)
+    from_rows: bool = False  # windows="rows": sequence_index is a row of samples["train"] (see training_rows)
 
 
 class SequenceBatcher:
@@ -46,6 +53,9 @@ class SequenceBatcher:
     def __init__(self, dataset: Any, max_len: int, sequence: Literal["all", "target"] = "all") -> None:
         self.dataset = dataset
         self.max_len = max_len
+        self.sequence = sequence
+        self.training_rows: list[tuple[np.ndarray, np.ndarray]] = []  # windows="rows": (items, behaviors) per train row
+        self.training_row_users = np.empty(0, dtype=np.int64)  # windows="rows": the user of each train row
         self.target_behavior = int(dataset.target_behavior_index)
         self.full_sequences = dataset.sequences
         self.index_of_user = {int(seq.user): k for k, seq in enumerate(self.full_sequences)}
@@ -79,8 +89,13 @@ class SequenceBatcher:
 
     # ---- training -------------------------------------------------------------------
     def training_windows(
-        self, windows: Literal["all", "newest"] = "all", loss_on: Literal["all", "target"] = "all"
+        self, windows: Literal["all", "newest", "rows"] = "all", loss_on: Literal["all", "target"] = "all"
     ) -> TrainingWindows:
+        if windows == "rows":
+            return self._training_row_windows(loss_on)
+        if (getattr(self.dataset, "stats", None) or {}).get("presplit"):
+            log.warning("dataset %r is pre-split: windows=%s trains the transitions inside train-row histories, not the "
+                        "rows' targets; train.windows=rows trains on (history, target)", self.dataset.name, windows)
         rows, no_transitions, no_loss = [], 0, 0
         span = self.max_len + 1
         for k, seq in enumerate(self.sequences):
@@ -106,8 +121,46 @@ class SequenceBatcher:
             )
         return TrainingWindows(np.asarray(rows, dtype=np.int64), no_transitions, no_loss)
 
-    def training_batch(self, windows: np.ndarray, loss_on: Literal["all", "target"] = "all") -> SeqBatch:
-        """One row per window: inputs ``w[:-1]``, labels ``w[1:]``, right-aligned (left padding)."""
+    def _training_row_windows(self, loss_on: Literal["all", "target"]) -> TrainingWindows:
+        """``windows="rows"``: one window ``history[-max_len:] + [target]`` per row of ``samples["train"]``."""
+        table = self.dataset.samples.get("train")
+        if table is None or len(table) == 0:
+            raise ValueError(f"dataset {self.dataset.name!r}: samples['train'] has no rows to train on (windows=rows)")
+        data = table.data
+        history = data.column("history_items").to_pylist()
+        history_behaviors = data.column("history_behaviors").to_pylist()
+        targets = data.column("target").to_numpy()
+        target_behaviors = data.column("target_behavior").to_numpy()
+        self.training_row_users = data.column("user").to_numpy()
+        self.training_rows, rows, empty, no_loss = [], [], 0, 0
+        for r in range(len(targets)):
+            items = np.append(np.asarray(history[r], dtype=np.int64), targets[r])
+            behaviors = np.append(np.asarray(history_behaviors[r], dtype=np.int64), target_behaviors[r])
+            if self.sequence == "target":  # history of target-behavior interactions only
+                keep = behaviors == self.target_behavior
+                keep[-1] = True
+                items, behaviors = items[keep], behaviors[keep]
+            self.training_rows.append((items, behaviors))
+            if len(items) < 2:
+                empty += 1
+            elif loss_on == "target" and behaviors[-1] != self.target_behavior:
+                no_loss += 1
+            else:
+                rows.append((r, max(0, len(items) - self.max_len - 1), len(items)))
+        if not rows:
+            raise ValueError(f"dataset {self.dataset.name!r}: no training row with a history and a label (windows=rows)")
+        if empty or no_loss:
+            log.info("training rows: %d kept; %d have an empty history; %d have a target of another behavior",
+                     len(rows), empty, no_loss)
+        return TrainingWindows(np.asarray(rows, dtype=np.int64), empty, no_loss, from_rows=True)
+
+    def training_batch(self, windows: np.ndarray, loss_on: Literal["all", "target"] = "all",
+                       from_rows: bool = False) -> SeqBatch:
+        """One row per window: inputs ``w[:-1]``, labels ``w[1:]``, right-aligned (left padding).
+
+        ``from_rows`` (windows of :meth:`training_windows` with ``windows="rows"``): the windows index
+        ``samples["train"]`` rows and only the last position (the row's target) carries loss.
+        """
         b, length = len(windows), self.max_len
         items = np.zeros((b, length), dtype=np.int64)
         behaviors = np.zeros_like(items)
@@ -116,14 +169,21 @@ class SequenceBatcher:
         lengths = np.zeros(b, dtype=np.int64)
         users = np.zeros(b, dtype=np.int64)
         for r, (k, start, end) in enumerate(windows):
-            seq = self.sequences[k]
+            if from_rows:
+                seq_items, seq_behaviors = self.training_rows[k]
+                user = self.training_row_users[k]
+            else:
+                seq = self.sequences[k]
+                seq_items, seq_behaviors, user = seq.items, seq.behaviors, seq.user
             n = end - start - 1
-            items[r, length - n :] = seq.items[start : end - 1] + 1
-            behaviors[r, length - n :] = seq.behaviors[start : end - 1] + 1
-            labels[r, length - n :] = seq.items[start + 1 : end] + 1
-            label_behaviors[r, length - n :] = seq.behaviors[start + 1 : end] + 1
-            lengths[r], users[r] = n, seq.user
+            items[r, length - n :] = seq_items[start : end - 1] + 1
+            behaviors[r, length - n :] = seq_behaviors[start : end - 1] + 1
+            labels[r, length - n :] = seq_items[start + 1 : end] + 1
+            label_behaviors[r, length - n :] = seq_behaviors[start + 1 : end] + 1
+            lengths[r], users[r] = n, user
         loss_mask = labels > 0
+        if from_rows:  # the row's target only
+            loss_mask[:, :-1] = False
         if loss_on == "target":
             loss_mask &= label_behaviors == self.target_behavior + 1
         return SeqBatch(

@@ -55,7 +55,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float | None = None  # null = no clipping
     loss_on: Literal["all", "target"] = "all"  # next items that carry loss: every behavior, or target behavior only
-    windows: Literal["all", "newest"] = "all"  # every window of the training part, or the newest per user
+    windows: Literal["all", "newest", "rows"] = "all"  # every window of the training part, the newest per user, or
+    # one example per samples["train"] row (history -> target; the mode for pre-split data, docs/data.md)
     seed: int = 42
     eval_every: int = 1  # epochs between validations
     monitor: str = "pop100/NDCG@10"  # validation metric for early stopping (higher is better)
@@ -157,7 +158,7 @@ class Trainer:
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
         for step in bar:
             rows = self.windows.rows[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            batch = self.batcher.training_batch(rows, cfg.loss_on).to(device)
+            batch = self.batcher.training_batch(rows, cfg.loss_on, self.windows.from_rows).to(device)
             loss = self.model.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch + 1} step {step}: loss is {loss.item()}")

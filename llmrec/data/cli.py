@@ -35,6 +35,10 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError) as err:
         return fail("llmrec data", err, EXIT_BAD_INPUT)
     print(format_stats(dataset.stats))
+    presplit = dataset.stats.get("presplit")
+    if presplit:  # pre-split sources: the rows were used as given
+        print("pre-split rows: " + ", ".join(f"{split} {n:,}" for split, n in presplit["rows"].items())
+              + f"; candidates from the file: {presplit['candidates_from_file'] or 'none'}")
     print(f"\nprepared dataset: {dataset.root}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ from llmrec.data.synthetic import SyntheticConfig
 from llmrec.data.types import SPLITS
 
 GENERIC_SOURCES = ("csv", "parquet", "jsonl")
-Source = Literal["csv", "parquet", "jsonl", "ml100k", "ml1m", "taobao", "synthetic"]
+Source = Literal["csv", "parquet", "jsonl", "ml100k", "ml1m", "taobao", "synthetic", "recbole", "samples", "llara"]
+MAPPED_SOURCES = (*GENERIC_SOURCES, "recbole")  # sources read through `columns:` / `item_columns:`
 
 # Behaviors (weakest first) and the target behavior of each built-in source.
 # Taobao: pv < fav < cart < buy. A favourite is a bookmark with no purchase
@@ -31,6 +32,8 @@ SOURCE_BEHAVIORS: dict[str, tuple[list[str], str]] = {
     "ml1m": (["dislike", "neutral", "like"], "like"),
     "taobao": (["pv", "fav", "cart", "buy"], "buy"),
     "synthetic": (["view", "cart", "purchase"], "purchase"),
+    "samples": (["interaction"], "interaction"),  # pre-split rows: single behavior unless `behaviors:` says otherwise
+    "llara": (["interaction"], "interaction"),  # LLaRA's benchmarks are single-behavior (ratings are not prompt inputs)
 }
 # MovieLens rating -> behavior (DreamRec, following MBHT): <=2 dislike, 3 neutral, >=4 like.
 MOVIELENS_RATING_BEHAVIORS = {1: "dislike", 2: "dislike", 3: "neutral", 4: "like", 5: "like"}
@@ -40,25 +43,44 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
+class IdMap:
+    """How the log spells an id differently from the catalog: ``strip_prefix`` is removed, then ``add_prefix`` added."""
+
+    strip_prefix: str = ""  # e.g. "i": log 'i161' -> catalog '161' (a log id without the prefix is an error)
+    add_prefix: str = ""  # e.g. "i": log '161' -> catalog 'i161'
+
+    def validate(self) -> None:
+        if not self.strip_prefix and not self.add_prefix:
+            raise ConfigError("set strip_prefix and/or add_prefix (an empty id_map entry rewrites nothing)")
+
+
+@dataclass
 class InteractionColumns:
-    """Column names of the interaction file (generic csv/parquet/jsonl sources only)."""
+    """Column names of the interaction file (generic csv/parquet/jsonl sources and recbole's .inter fields)."""
 
     user: str = "user_id"
     item: str = "item_id"
     behavior: str | None = "behavior"  # null: behaviors come from `rating` or every row is the target
     timestamp: str = "timestamp"
     rating: str | None = None  # with `rating_behaviors`, turns ratings into behaviors
+    id_map: dict[Literal["user", "item"], IdMap] = field(default_factory=dict)  # log id rewrite before the join
 
 
 @dataclass
 class ItemColumns:
-    """Column names of the item file (generic sources with ``items_path``)."""
+    """Column names of the item file (generic sources with ``items_path``; recbole's .item fields)."""
 
     item: str = "item_id"
     title: str = "title"
     text: str | None = None
     image: str | None = None  # a path (relative to the item file's folder) or URL
     category: str | None = None
+    extra: list[str] = field(default_factory=list)  # further item-file columns kept in the catalog (e.g. brand_id)
+
+    def validate(self) -> None:
+        reserved = [c for c in self.extra if c in ("item_id", "title", "text", "image", "category")]
+        if reserved:
+            raise ConfigError(f"extra: {reserved} are catalog columns already; map them with item/title/text/...")
 
 
 @dataclass
@@ -102,6 +124,9 @@ class DataConfig:
     candidates: list[CandidateSpec] = field(default_factory=lambda: [CandidateSpec()])
     cache_dir: str = ".cache/llmrec"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    llara_dataset: Literal["movielens", "steam", "lastfm"] | None = None  # source llara: the benchmark in `path`
+    llara_splits: list[str] = field(default_factory=lambda: list(SPLITS))  # source llara: splits whose pickles are read
+    verify_sha256: bool = True  # source llara: files whose official sha256 is known must match it
 
     def __post_init__(self) -> None:
         if self.source in SOURCE_BEHAVIORS:
@@ -112,7 +137,9 @@ class DataConfig:
                 self.target_behavior = target
         if self.source in ("ml100k", "ml1m") and self.rating_behaviors is None:
             self.rating_behaviors = dict(MOVIELENS_RATING_BEHAVIORS)
-        if self.source in GENERIC_SOURCES:
+        if self.source == "samples" and self.item_columns is None:
+            self.item_columns = ItemColumns()
+        if self.source in MAPPED_SOURCES:
             if self.columns is None:
                 self.columns = InteractionColumns()
             if self.item_columns is None:
@@ -122,7 +149,6 @@ class DataConfig:
         """Cross-field checks; raises :class:`ConfigError` naming the key."""
         if not _SAFE_NAME.match(self.name):
             raise ConfigError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the cache folder)")
-        generic = self.source in GENERIC_SOURCES
         if self.source != "synthetic" and not self.path:
             raise ConfigError(f"path: required for source {self.source!r}")
         if not self.behaviors or self.target_behavior is None:
@@ -137,13 +163,22 @@ class DataConfig:
         for rating, name in (self.rating_behaviors or {}).items():
             if name not in self.behaviors:
                 raise ConfigError(f"rating_behaviors.{rating}: {name!r} is not in behaviors {self.behaviors}")
-        if not generic:
-            for key in ("columns", "item_columns", "items_path", "timestamp_format"):
-                if getattr(self, key) is not None:
-                    raise ConfigError(f"{key}: only used by the generic sources {list(GENERIC_SOURCES)}, not {self.source!r}")
-        if generic and self.columns is not None and self.columns.behavior is None and self.columns.rating is not None:
+        for key in ("columns", "item_columns", "items_path", "timestamp_format"):
+            if self.source == "samples" and key in ("items_path", "item_columns"):
+                continue  # pre-split samples: the item catalog file and its columns
+            users = GENERIC_SOURCES if key == "items_path" else MAPPED_SOURCES  # recbole finds its .item file itself
+            if getattr(self, key) is not None and self.source not in users:
+                also = "" if key == "items_path" else " and recbole"
+                raise ConfigError(f"{key}: only used by the generic sources {list(GENERIC_SOURCES)}{also}, "
+                                  f"not {self.source!r}")
+        cols = self.columns
+        if self.source in MAPPED_SOURCES and cols is not None and cols.behavior is None and cols.rating is not None:
             if not self.rating_behaviors:
                 raise ConfigError("rating_behaviors: required when columns.behavior is null and columns.rating is set")
+        if (self.source == "llara") != (self.llara_dataset is not None):
+            raise ConfigError(f"llara_dataset: {self.llara_dataset!r}; set it (movielens, steam, lastfm) exactly for source llara")
+        if not self.llara_splits or any(s not in SPLITS for s in self.llara_splits):
+            raise ConfigError(f"llara_splits: {self.llara_splits!r}; expected a non-empty list from {list(SPLITS)}")
         if self.k_core < 1:
             raise ConfigError(f"k_core: {self.k_core} must be >= 1 (1 disables the filter)")
         if self.min_target_interactions < 2:

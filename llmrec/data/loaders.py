@@ -7,7 +7,13 @@
 * ``taobao``: Taobao UserBehavior (``user_id,item_id,category_id,behavior_type,timestamp``,
   with or without header); the category id is the only item attribute;
 * ``synthetic``: the synthetic shop of :mod:`llmrec.data.synthetic`, generated into the
-  cache folder on first use.
+  cache folder on first use;
+* ``recbole``: RecBole atomic files (``<name>.inter`` + optional ``<name>.item``), mapped
+  like the generic sources through ``columns:`` / ``item_columns:``.
+
+Generic and RecBole logs may spell ids differently from their catalog (``i161`` vs
+``161``): ``columns.id_map`` rewrites the log's ids, and a log sharing no item with its
+catalog is an error showing ids of both sides and the ``id_map`` that would match them.
 
 :func:`input_files` lists the files a config reads (their bytes feed the cache fingerprint).
 """
@@ -17,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,10 +33,19 @@ import pandas as pd
 
 import llmrec.data.synthetic as synthetic
 from llmrec.config import to_dict
-from llmrec.data.config import GENERIC_SOURCES, DataConfig, expand_env
+from llmrec.data.config import GENERIC_SOURCES, DataConfig, IdMap, ItemColumns, expand_env
 from llmrec.data.errors import DataError
-from llmrec.data.readers import format_of, read_table, read_text_table, require_columns
-from llmrec.data.schema import behavior_codes, build_catalog, build_interactions, parse_timestamps, rating_codes
+from llmrec.data.readers import check_text_file, format_of, read_table, read_text_table, require_columns
+from llmrec.data.recbole import atomic_files, read_atomic
+from llmrec.data.schema import (
+    behavior_codes,
+    build_catalog,
+    build_interactions,
+    parse_timestamps,
+    rating_codes,
+    where,
+)
+from llmrec.data.stats import IMAGE_URLS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +55,8 @@ ML100K_GENRES = (
 )
 TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
 TAOBAO_FILES = ("UserBehavior_head_clean.csv", "UserBehavior.csv")
+NULL_STRINGS = ("null", "NULL", "\\N")  # catalog cells that mean "no value" (SQL / Hive exports)
+_ID_PREFIX = re.compile(r"^\D*")  # the non-digit start of an id ("i" of "i161")
 
 
 @dataclass
@@ -95,6 +114,9 @@ def _input_files(cfg: DataConfig) -> list[Path]:
         return [_folder_file(cfg, "ratings.dat"), _folder_file(cfg, "movies.dat")]
     if cfg.source == "taobao":
         return [_taobao_file(cfg)]
+    if cfg.source == "recbole":
+        inter, item = atomic_files(cfg.resolve_path("path"))
+        return [inter] if item is None else [inter, item]
     if cfg.source == "synthetic":
         out = synthetic_dir(cfg)
         synthetic.ensure_shop(cfg.synthetic, out)
@@ -103,19 +125,58 @@ def _input_files(cfg: DataConfig) -> list[Path]:
 
 
 def load_source(cfg: DataConfig) -> RawData:
-    """Dispatch on ``cfg.source``."""
-    loaders = {"ml100k": load_ml100k, "ml1m": load_ml1m, "taobao": load_taobao, "synthetic": load_synthetic}
+    """Dispatch on ``cfg.source``; a log that shares no item id with its catalog is an error showing both."""
+    loaders = {"ml100k": load_ml100k, "ml1m": load_ml1m, "taobao": load_taobao, "synthetic": load_synthetic,
+               "recbole": load_recbole}
     loader = loaders.get(cfg.source, load_generic)
-    return loader(cfg)
+    raw = loader(cfg)
+    if raw.catalog is not None:
+        _require_shared_items(cfg, raw)
+    return raw
 
 
 def load_generic(cfg: DataConfig) -> RawData:
     """A CSV / Parquet / JSONL interaction table (+ optional item table) with column mapping."""
     path = cfg.resolve_path("path")
-    cols = cfg.columns
     frame = read_table(path, cfg.source, delimiter=cfg.delimiter, encoding=cfg.encoding)
     header = {"csv": 1, "jsonl": None, "parquet": None}[cfg.source]
-    require_columns(frame, path, {f"columns.{k}": v for k, v in asdict(cols).items()})
+    interactions = _mapped_interactions(cfg, frame, path, header)
+    counts: dict[str, int] = {}
+    catalog = None
+    if cfg.items_path:
+        items_path = cfg.resolve_path("items_path")
+        items = read_table(items_path, format_of(items_path), delimiter=cfg.delimiter, encoding=cfg.encoding)
+        header_lines = 1 if format_of(items_path) == "csv" else None
+        catalog = _mapped_catalog(cfg.item_columns, items, items_path, header_lines, counts)
+    return RawData(interactions, catalog, counts)
+
+
+def load_recbole(cfg: DataConfig) -> RawData:
+    """RecBole atomic files (:mod:`llmrec.data.recbole`): ``<name>.inter`` + optional ``<name>.item``.
+
+    Fields are mapped by ``columns:`` / ``item_columns:`` (names without their ``:type``).
+    A token_seq title or text keeps its tokens joined by single spaces; a token_seq
+    category becomes ``A|B`` like the MovieLens loaders' genres.
+    """
+    inter_path, item_path = atomic_files(cfg.resolve_path("path"))
+    frame, _ = read_atomic(inter_path, cfg.encoding)
+    interactions = _mapped_interactions(cfg, frame, inter_path, 1)
+    counts: dict[str, int] = {}
+    catalog = None
+    if item_path is not None:
+        items, types = read_atomic(item_path, cfg.encoding)
+        ic = cfg.item_columns
+        for column, joiner in ((ic.title, " "), (ic.text, " "), (ic.category, "|")):
+            if column is not None and types.get(column) == "token_seq":
+                items[column] = items[column].str.split().str.join(joiner)
+        catalog = _mapped_catalog(ic, items, item_path, 1, counts)
+    return RawData(interactions, catalog, counts)
+
+
+def _mapped_interactions(cfg: DataConfig, frame: pd.DataFrame, path: Path, header: int | None) -> pd.DataFrame:
+    """Canonical interactions from a table read through ``cfg.columns`` (ids rewritten by ``columns.id_map``)."""
+    cols = cfg.columns
+    require_columns(frame, path, {f"columns.{k}": v for k, v in asdict(cols).items() if k != "id_map"})
     if cols.behavior is not None:
         codes = behavior_codes(frame[cols.behavior], path, header, cfg.behaviors, cfg.behavior_map)
     elif cols.rating is not None:
@@ -123,20 +184,87 @@ def load_generic(cfg: DataConfig) -> RawData:
     else:
         codes = np.full(len(frame), cfg.target_index, dtype=np.int8)
     stamps = parse_timestamps(frame[cols.timestamp], path, header, cfg.timestamp_format)
-    interactions = build_interactions(frame[cols.user], frame[cols.item], codes, stamps, path, header)
-    counts: dict[str, int] = {}
-    catalog = None
-    if cfg.items_path:
-        items_path = cfg.resolve_path("items_path")
-        items = read_table(items_path, format_of(items_path), delimiter=cfg.delimiter, encoding=cfg.encoding)
-        ic = cfg.item_columns
-        mapping = {"item_id": ic.item, "title": ic.title, "text": ic.text, "image": ic.image, "category": ic.category}
-        require_columns(items, items_path, {f"item_columns.{k}": v for k, v in asdict(ic).items()})
-        header_lines = 1 if format_of(items_path) == "csv" else None
-        catalog, counts["empty_titles_filled"] = build_catalog(
-            items, items_path, header_lines, mapping, image_root=items_path.parent
-        )
-    return RawData(interactions, catalog, counts)
+    users = map_ids(frame[cols.user], cols.id_map.get("user"), path, header, "user")
+    items = map_ids(frame[cols.item], cols.id_map.get("item"), path, header, "item")
+    return build_interactions(users, items, codes, stamps, path, header)
+
+
+def map_ids(values: pd.Series, rule: IdMap | None, path: Path, header: int | None, field_name: str) -> pd.Series:
+    """Apply ``columns.id_map.<field_name>``: remove ``strip_prefix`` (every id must carry it), add ``add_prefix``."""
+    if rule is None:
+        return values
+    ids = values.astype(str).str.strip()
+    if rule.strip_prefix:
+        lacking = ~ids.str.startswith(rule.strip_prefix).to_numpy()
+        if lacking.any():
+            row = int(np.flatnonzero(lacking)[0])
+            raise DataError(
+                f"{where(path, row, header)}: {field_name} id {ids.iloc[row]!r} does not start with "
+                f"{rule.strip_prefix!r} ({int(lacking.sum())} rows; config key "
+                f"columns.id_map.{field_name}.strip_prefix)"
+            )
+        ids = ids.str.slice(len(rule.strip_prefix))
+    return rule.add_prefix + ids if rule.add_prefix else ids
+
+
+def _mapped_catalog(
+    ic: ItemColumns, items: pd.DataFrame, path: Path, header_lines: int | None, counts: dict[str, int]
+) -> pd.DataFrame:
+    """The catalog read through ``item_columns`` (extras kept); ``counts`` gets what was treated as missing.
+
+    Cells holding ``null`` / ``NULL`` / ``\\N`` (SQL and Hive exports) are missing values, counted per
+    column as ``catalog_null_strings.<column>``; http(s) images are kept as URLs and counted as
+    ``catalog_image_urls_not_fetched`` (preparation never uses the network).
+    """
+    require_columns(items, path, {f"item_columns.{k}": v for k, v in asdict(ic).items() if k != "extra"})
+    require_columns(items, path, {f"item_columns.extra[{i}]": c for i, c in enumerate(ic.extra)})
+    fields = [c for c in (ic.title, ic.text, ic.image, ic.category, *ic.extra) if c is not None]
+    items = items.copy()
+    for column in dict.fromkeys(fields):
+        is_null = items[column].str.strip().isin(NULL_STRINGS).to_numpy()
+        if is_null.any():
+            items.loc[is_null, column] = ""
+            counts[f"catalog_null_strings.{column}"] = int(is_null.sum())
+    mapping = {"item_id": ic.item, "title": ic.title, "text": ic.text, "image": ic.image, "category": ic.category}
+    catalog, counts["empty_titles_filled"] = build_catalog(items, path, header_lines, mapping, image_root=path.parent)
+    for column in ic.extra:
+        catalog[column] = items[column].to_numpy()
+    if ic.image is not None:
+        urls = catalog["image"].fillna("").str.contains(r"^https?://", case=False, regex=True)
+        counts[IMAGE_URLS_KEY] = int(urls.sum())
+    return catalog
+
+
+def _require_shared_items(cfg: DataConfig, raw: RawData) -> None:
+    """Fail when not one logged item id is in the catalog, showing ids of both sides and an ``id_map`` to try."""
+    logged = pd.unique(raw.interactions["item_id"])
+    listed = raw.catalog["item_id"].to_numpy()
+    if (pd.Index(listed).get_indexer(logged) >= 0).any():
+        return
+    files = _input_files(cfg)
+    rule = cfg.columns.id_map.get("item") if cfg.columns is not None else None
+    mapped = " (after columns.id_map.item)" if rule is not None else ""
+    raise DataError(
+        f"{cfg.name}: no interaction's item id is in the item catalog, so nothing can be joined: the log "
+        f"{files[0]} has item ids like {list(logged[:5])}{mapped}, the catalog {files[-1]} has ids like "
+        f"{list(listed[:5])}. {_id_map_hint(logged, listed)}"
+    )
+
+
+def _id_map_hint(logged: np.ndarray, listed: np.ndarray) -> str:
+    """Suggest the ``columns.id_map.item`` that swaps the log's id prefix for the catalog's, if it matches."""
+    log_prefix = _ID_PREFIX.match(os.path.commonprefix([str(i) for i in logged])).group()
+    catalog_prefix = _ID_PREFIX.match(os.path.commonprefix([str(i) for i in listed])).group()
+    if log_prefix != catalog_prefix:
+        rewritten = [catalog_prefix + str(i)[len(log_prefix):] for i in logged]
+        matched = int((pd.Index(listed).get_indexer(rewritten) >= 0).sum())
+        if matched:
+            parts = (("strip_prefix", log_prefix), ("add_prefix", catalog_prefix))
+            rule = ", ".join(f'{key}: "{value}"' for key, value in parts if value)
+            return (f"Rewriting the log's ids with `columns: {{id_map: {{item: {{{rule}}}}}}}` in the data config "
+                    f"would match {matched} of its {len(logged)} items.")
+    return ("Check that the log and the catalog belong together, or rewrite the log's ids with "
+            "`columns.id_map.item` (strip_prefix / add_prefix; docs/data.md).")
 
 
 def _movielens_catalog(
@@ -176,6 +304,7 @@ def _read_double_colon(path: Path, names: list[str], encoding: str) -> pd.DataFr
     """ML-1M's ``::``-separated files, read fast by the C parser (``::`` -> tab)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    check_text_file(path, "'::'-separated")
     try:
         text = path.read_bytes().decode(encoding)
     except UnicodeDecodeError as err:

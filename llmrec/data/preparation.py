@@ -12,6 +12,10 @@ Steps (each logged; see docs/data.md):
    sample the candidate sets listed in ``cfg.candidates``.
 
 A second call with the same inputs and config loads the folder instead ("loaded from cache").
+
+Pre-split sources (``samples``, ``llara``) skip steps 2-5: their rows are the splits
+(:mod:`llmrec.data.presplit`, :mod:`llmrec.data.llara`); frozen candidate lists they bring
+are saved under the configured keys before any set is sampled.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ from llmrec.data.candidates import load_candidates
 from llmrec.data.config import DataConfig, expand_env
 from llmrec.data.errors import DataError
 from llmrec.data.filters import eligibility_filter
+from llmrec.data.llara import llara_input_files, load_llara
 from llmrec.data.loaders import RawData, input_files, load_source
 from llmrec.data.ordering import chronological_order, codes_of, sorted_ids
+from llmrec.data.presplit import PRESPLIT_SOURCES, build_presplit, load_samples_source, samples_input_files, \
+    save_given_candidates
 from llmrec.data.schema import drop_duplicates, restrict_to_catalog
 from llmrec.data.splits import leave_one_out, sample_positions, sample_table
 from llmrec.data.stats import interaction_counts, length_summary, removal_totals
@@ -47,7 +54,7 @@ def prepare(cfg: DataConfig) -> SequenceDataset:
     except ConfigError as err:
         raise ConfigError(f"data config {cfg.name!r}: {err}") from None
     start = time.perf_counter()
-    files = input_files(cfg)
+    files = _input_files(cfg)
     fp = fingerprint(cfg, files)
     root = dataset_root(Path(expand_env(cfg.cache_dir, "cache_dir")), cfg.name, fp)
     if is_complete(root):
@@ -55,13 +62,28 @@ def prepare(cfg: DataConfig) -> SequenceDataset:
         log.info("%s: loaded from cache %s (%.2f s)", cfg.name, root, time.perf_counter() - start)
     else:
         log.info("%s: preparing from %s into %s", cfg.name, [str(f) for f in files], root)
-        build(cfg, fp, root, start)
+        if cfg.source in PRESPLIT_SOURCES:
+            rows = load_llara(cfg) if cfg.source == "llara" else load_samples_source(cfg)
+            build_presplit(cfg, rows, fp, root, start)
+        else:
+            build(cfg, fp, root, start)
         dataset = load_prepared(root)
         log.info("%s: prepared in %.2f s", cfg.name, time.perf_counter() - start)
+    if cfg.source in PRESPLIT_SOURCES:
+        save_given_candidates(dataset, cfg)
     for spec in cfg.candidates:
         for split in spec.splits:
             load_candidates(dataset, split, sampler=spec.sampler, size=spec.size, seed=spec.seed)
     return dataset
+
+
+def _input_files(cfg: DataConfig) -> list[Path]:
+    """The files whose bytes feed the fingerprint."""
+    if cfg.source == "llara":
+        return llara_input_files(cfg)
+    if cfg.source == "samples":
+        return samples_input_files(cfg)
+    return input_files(cfg)
 
 
 def _filtered_catalog(raw: RawData, interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:

@@ -4,13 +4,18 @@ Every reader returns a ``pandas.DataFrame`` of *strings* for text formats (ids k
 their exact spelling; numbers are converted later with row-level errors). Text
 files are decoded strictly: UTF-8 unless an ``encoding`` is given, and a file in
 another encoding is an error that points at the first bad line and suggests the
-``encoding:`` key instead of producing mojibake.
+``encoding:`` key instead of producing mojibake. Before decoding, the first bytes are
+checked: a workbook, archive or Parquet file under a text name (``review.csv`` that is
+really an xlsx) is an error saying what the file is, not a decoding error.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +26,16 @@ from llmrec.data.errors import DataError
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "parquet", "jsonl")
+
+_EXPORT_SHEET = ("export the sheet as CSV (a spreadsheet program's Save As > CSV UTF-8, or "
+                 "pandas.read_excel(path).to_csv(...), which needs openpyxl) and point the config at that file")
+# Signatures of binary formats that turn up under text names, and what to do about each.
+_SIGNATURES = (
+    (b"PK\x03\x04", "a zip archive", "unzip it and point the config at the file inside"),
+    (b"\x1f\x8b", "a gzip-compressed file", "decompress it first (gunzip -k FILE) and point the config at the result"),
+    (b"PAR1", "a Parquet file", "use `source: parquet` (an `items_path:` is read as Parquet when it ends in .parquet)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (xls) or another OLE2 document", _EXPORT_SHEET),
+)
 
 
 def format_of(path: Path) -> str:
@@ -38,6 +53,60 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+
+
+def binary_kind(path: Path) -> tuple[str, str] | None:
+    """``(what the file is, what to do)`` when its first bytes are a known binary signature, else None."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    for magic, kind, advice in _SIGNATURES:
+        if head.startswith(magic):
+            return _zip_kind(path) if kind == "a zip archive" else (kind, advice)
+    return None
+
+
+def _zip_kind(path: Path) -> tuple[str, str]:
+    """Tell an xlsx workbook (or another Office file) from a plain zip archive by its members."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "a zip archive (unreadable)", "check how the file was produced"
+    if any(name.startswith("xl/") for name in names):
+        return "an Excel workbook (xlsx)", _EXPORT_SHEET
+    if "mimetype" in names and "content.xml" in names:
+        return "an OpenDocument file (ods)", _EXPORT_SHEET
+    if any(name.startswith("word/") for name in names):
+        return "a Word document (docx)", "tables must be CSV, TSV, JSON lines or Parquet files"
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"a zip archive (holding {shown})", "unzip it and point the config at the file inside"
+
+
+def check_text_file(path: Path, what: str) -> None:
+    """Fail, saying what the file really is, when a text reader is handed a binary file."""
+    found = binary_kind(path)
+    if found is not None:
+        kind, advice = found
+        raise DataError(f"{path} is {kind}, not {what} text; {advice}")
+
+
+def _text_encoding(path: Path, encoding: str | None) -> str:
+    """``encoding`` (default UTF-8); a UTF-8 byte-order mark is skipped, a UTF-16 one needs `encoding:`."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if encoding is None and head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path}: the file starts with a UTF-16 byte-order mark; set `encoding: utf-16` in the "
+                        f"data config")
+    if head.startswith(codecs.BOM_UTF8) and _is_utf8(encoding):
+        return "utf-8-sig"
+    return encoding or "utf-8"
+
+
+def _is_utf8(encoding: str | None) -> bool:
+    try:
+        return encoding is None or codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False  # the reader reports the unknown encoding with its config key
 
 
 def _encoding_error(path: Path, encoding: str, err: UnicodeDecodeError) -> DataError:
@@ -62,10 +131,12 @@ def read_text_table(
     encoding: str | None = None,
     names: Sequence[str] | None = None,
     header: bool = True,
+    quoting: int = csv.QUOTE_MINIMAL,
 ) -> pd.DataFrame:
-    """Read a delimited text file as strings; ``names`` for header-less files."""
+    """Read a delimited text file as strings; ``names`` for header-less files; ``quoting`` as in :mod:`csv`."""
     _check_file(path)
-    encoding = encoding or "utf-8"
+    check_text_file(path, {",": "CSV", "\t": "tab-separated"}.get(delimiter, f"{delimiter!r}-delimited"))
+    encoding = _text_encoding(path, encoding)
     try:
         frame = pd.read_csv(
             path,
@@ -77,6 +148,7 @@ def read_text_table(
             na_filter=False,
             encoding=encoding,
             encoding_errors="strict",
+            quoting=quoting,
             engine="c" if len(delimiter) == 1 else "python",
         )
     except UnicodeDecodeError as err:
@@ -95,7 +167,8 @@ def read_text_table(
 def read_jsonl(path: Path, *, encoding: str | None = None) -> pd.DataFrame:
     """Read JSON lines (one object per line); a bad line is an error naming it."""
     _check_file(path)
-    encoding = encoding or "utf-8"
+    check_text_file(path, "JSON lines")
+    encoding = _text_encoding(path, encoding)
     try:
         text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as err:
@@ -121,6 +194,9 @@ def read_jsonl(path: Path, *, encoding: str | None = None) -> pd.DataFrame:
 def read_parquet(path: Path) -> pd.DataFrame:
     """Read a Parquet file; values become strings like the text readers'."""
     _check_file(path)
+    found = binary_kind(path)
+    if found is not None and found[0] != "a Parquet file":
+        raise DataError(f"{path} is {found[0]}, not a Parquet file; {found[1]}")
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for corrupt files

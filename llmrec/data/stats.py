@@ -5,7 +5,10 @@
 * ``raw``: users, items, interactions and interactions per behavior as loaded;
 * ``removed``: duplicates, catalog misses, every filter pass and the totals per rule;
 * ``filtered``: the same counts after filtering, plus sequence and history lengths;
-* ``samples``: rows per split; ``catalog``: items, duplicate titles, missing modalities.
+* ``samples``: rows per split; ``catalog``: items, duplicate titles, missing modalities;
+* ``loader``: the source's own counts, e.g. empty titles filled, ``null`` strings read as
+  missing (``catalog_null_strings.<column>``) and items whose image is an http(s) URL, which
+  preparation never downloads (``catalog_image_urls_not_fetched``, over the catalog as loaded).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+IMAGE_URLS_KEY = "catalog_image_urls_not_fetched"  # loader count: catalog items whose image is an http(s) URL
 
 
 def interaction_counts(users: np.ndarray, items: np.ndarray, behaviors: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
@@ -70,6 +75,12 @@ def format_stats(stats: dict[str, Any]) -> str:
     cat = stats["catalog"]
     lines += [f"catalog: {cat['items']:,} items, {cat['duplicate_titles']} titles shared by several items, "
               f"{cat['items_without_text']} without text, {cat['items_without_image']} without image"]
-    for key, value in stats.get("loader", {}).items():
-        lines.append(f"loader: {key} = {value}")
+    loader = stats.get("loader", {})
+    for key, value in loader.items():
+        if key != IMAGE_URLS_KEY:
+            lines.append(f"loader: {key} = {value}")
+    if loader.get(IMAGE_URLS_KEY):
+        lines.append(f"images: {loader[IMAGE_URLS_KEY]:,} catalog items (before filtering) have an http(s) image URL; "
+                     f"none was fetched (preparation never uses the network; `llmrec encode` skips URLs unless "
+                     f"image.allow_network)")
     return "\n".join(lines)
