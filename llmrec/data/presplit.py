@@ -44,7 +44,6 @@ without the target, with repeats or of unequal sizes.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from llmrec.data.config import DataConfig
 from llmrec.data.errors import DataError
 from llmrec.data.loaders import _mapped_catalog  # the one reader of a catalog through `item_columns`
 from llmrec.data.ordering import sorted_ids
-from llmrec.data.readers import format_of, read_table, require_columns
+from llmrec.data.readers import format_of, jsonl_objects, read_table, require_columns
 from llmrec.data.splits import FlatSequences, sample_table
 from llmrec.data.stats import interaction_counts, length_summary
 from llmrec.data.types import SPLITS, CandidateSet, SequenceDataset
@@ -94,20 +93,9 @@ def read_rows(path: Path) -> tuple[pd.DataFrame, list[str]]:
         raise DataError(f"{path}: file not found (config key `path`)")
     fmt = format_of(path)
     if fmt == "jsonl":
-        records, where = [], []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}: line {number} is a JSON {type(record).__name__}, expected an object")
-                records.append(record)
-                where.append(f"{path}: line {number}")
-        frame = pd.DataFrame.from_records(records)
+        objects = jsonl_objects(path, encoding="utf-8")
+        where = [f"{path}: line {number}" for number, _ in objects]
+        frame = pd.DataFrame.from_records([record for _, record in objects])
     elif fmt == "parquet":
         try:
             frame = pd.read_parquet(path)

@@ -164,8 +164,8 @@ def read_text_table(
     return frame
 
 
-def read_jsonl(path: Path, *, encoding: str | None = None) -> pd.DataFrame:
-    """Read JSON lines (one object per line); a bad line is an error naming it."""
+def jsonl_objects(path: Path, *, encoding: str | None = None) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank JSON line, values as parsed; a bad line is an error naming it."""
     _check_file(path)
     check_text_file(path, "JSON lines")
     encoding = _text_encoding(path, encoding)
@@ -175,7 +175,7 @@ def read_jsonl(path: Path, *, encoding: str | None = None) -> pd.DataFrame:
         raise _encoding_error(path, encoding, err) from None
     except LookupError:
         raise DataError(f"{path}: unknown encoding {encoding!r} (config key `encoding`)") from None
-    rows = []
+    objects = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -185,7 +185,13 @@ def read_jsonl(path: Path, *, encoding: str | None = None) -> pd.DataFrame:
             raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number} is a JSON {type(row).__name__}, expected an object")
-        rows.append(row)
+        objects.append((number, row))
+    return objects
+
+
+def read_jsonl(path: Path, *, encoding: str | None = None) -> pd.DataFrame:
+    """Read JSON lines (one object per line) as a table of strings; a bad line is an error naming it."""
+    rows = [row for _, row in jsonl_objects(path, encoding=encoding)]
     if not rows:
         raise DataError(f"{path}: the file has no data rows")
     return _as_strings(pd.DataFrame.from_records(rows))
