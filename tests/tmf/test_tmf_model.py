@@ -11,7 +11,7 @@ from tmf_testkit import tiny_model_config
 from adapters.fusion import FusionConfig, item_attention_mask
 from llmrec.data.candidates import load_candidates
 from llmrec.tmf.collator import TMFCollator
-from llmrec.tmf.lm import LMConfig, load_lm, resolve_source
+from llmrec.tmf.lm import LMConfig, resolve_source
 from llmrec.tmf.model import ADAPTORS_FILE, ModalityTables, TMFModel
 from llmrec.tmf.prompts.render import PromptConfig, PromptRenderer
 
@@ -182,15 +182,6 @@ def test_behavior_slots_without_behavior_table_fail_clearly(shop, renderer, toke
     model = make_model(tiny_lm_dir, no_graph)
     with pytest.raises(ValueError, match="no 'behavior' embeddings"):
         model(shop_batch(shop, renderer, tokenizer, ["medium"] * 3))
-
-
-def test_quantized_loading_needs_bitsandbytes(tiny_lm_dir):
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is not None:
-        pytest.skip("bitsandbytes is installed here")
-    with pytest.raises(ImportError, match="bitsandbytes"):
-        load_lm(LMConfig(name_or_path=str(tiny_lm_dir), quantization="4bit"))
 
 
 def test_lm_sources_resolve_or_fail_clearly(tmp_path, tiny_lm_dir):
