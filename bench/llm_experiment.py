@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                               "HR@3": metrics["HR@3"], "NDCG@3": metrics["NDCG@3"], **extra.get(name, {}),
                               "target_ranks": ranks.tolist()}  # per test user: later runs pair with this row
     results_rows = {name: results_rows[name] for name in [*llm_rows, *scores, *rules] if name in results_rows}
-    pairs = list(itertools.pairwise(table3))  # neighbouring Table 3 rows
+    pairs = list(itertools.pairwise([n for n in table3 if n in per_user]))  # neighbouring Table 3 rows that ran
     pairs += [(other, full) for other in ("full TMF, no curriculum", "LLaRA", *conventional, *RULES_COMPARED)]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
     paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]
