@@ -317,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                               "target_ranks": ranks.tolist()}  # per test user: later runs pair with this row
     results_rows = {name: results_rows[name] for name in [*llm_rows, *scores, *rules] if name in results_rows}
     pairs = list(itertools.pairwise([n for n in table3 if n in per_user]))  # neighbouring Table 3 rows that ran
-    pairs += [(other, full) for other in ("full TMF, no curriculum", "LLaRA", *conventional, *RULES_COMPARED)]
+    # the other rows against full TMF; without its per-user ranks (a carried row), against the first LLM row with them
+    reference = full if full in per_user else next((n for n in llm_rows if n in per_user), full)
+    pairs += [(other, reference) for other in ("full TMF, no curriculum", "LLaRA", *conventional, *RULES_COMPARED)
+              if other != reference]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
     paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]
 
