@@ -52,9 +52,13 @@ def test_lastfm_counts_names_and_frozen_candidates(lastfm):
         assert list(items).count(row["target"]) == 1 and not set(items) & set(row["history_items"])
 
 
-def test_sasrec_steps_on_lastfm_rows_and_scores_test_with_20_candidates(lastfm):
+@pytest.mark.parametrize(("name", "params"), [
+    ("sasrec", {"hidden_size": 16, "max_len": 10, "num_layers": 1}),
+    ("mbht", {"hidden_size": 16, "max_len": 10, "num_layers": 1, "inner_size": 32, "pool_sizes": [2, 5]}),
+])
+def test_steps_on_lastfm_rows_and_scores_test_with_20_candidates(lastfm, name, params):
     seed_everything(0)
-    model = build_model("sasrec", {"hidden_size": 16, "max_len": 10, "num_layers": 1}, DatasetSpec.from_dataset(lastfm))
+    model = build_model(name, params, DatasetSpec.from_dataset(lastfm))
     batcher = SequenceBatcher(lastfm, 10)
     windows = batcher.training_windows("rows")
     assert len(windows.rows) == 47_872
