@@ -49,16 +49,24 @@ def inference_inputs(cfg: InferConfig) -> tuple[Any, ModalityTables]:
 
 def run_predictions(cfg: InferConfig, progress: bool = True) -> Any:
     """Build the inputs of ``cfg`` and run it: the frozen sampled candidates, or retrieve-then-rerank."""
+    retriever = rerank_retriever(cfg) if cfg.protocol == "rerank" else None  # checked before the inputs are built
     dataset, tables = inference_inputs(cfg)
-    if cfg.protocol == "sampled":
+    if retriever is None:
         return run_inference(cfg, dataset, tables, progress=progress)
-    recipe_graph = resolve_train_config(cfg, resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint else None).graph_config
-    retriever = cfg.rerank.retriever or recipe_graph
-    if not retriever:
-        raise ConfigError("rerank.retriever is null and the recipe has no graph_config: name a configs/graph/*.yaml "
-                          "file whose model retrieves")
     retrieval = ensure_retrieval(retriever, dataset, cfg.split, cfg.rerank.k, progress)
     return run_rerank(cfg, dataset, tables, retrieval, progress=progress)
+
+
+def rerank_retriever(cfg: InferConfig) -> str:
+    """``rerank.retriever``, else the recipe's own graph_config; an error when neither names one."""
+    if cfg.rerank.retriever:
+        return cfg.rerank.retriever
+    checkpoint = resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+    recipe_graph = resolve_train_config(cfg, checkpoint).graph_config
+    if not recipe_graph:
+        raise ConfigError("rerank.retriever is null and the recipe has no graph_config: name a configs/graph/*.yaml "
+                          "file whose model retrieves")
+    return str(recipe_graph)
 
 
 def infer_main(argv: list[str] | None = None) -> int:
