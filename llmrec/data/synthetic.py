@@ -240,10 +240,12 @@ def _build_catalog(cfg: SyntheticConfig, image_dir: Path) -> pd.DataFrame:
         text = (f"A size {attrs['size']} {visual}{attrs['category']} by {attrs['brand']}, "
                 f"made of {attrs['material']}.")
         item_id = f"i{index:0{width}d}"
-        image_path = (image_dir / f"{item_id}.png").resolve()
         draw_item_image(attrs["category"], attrs["color"], attrs["pattern"], attrs["size"],
-                        cfg.image_size).save(image_path, format="PNG")
-        rows.append({"item_id": item_id, "title": title, "text": text, "image": str(image_path), **attrs})
+                        cfg.image_size).save(image_dir / f"{item_id}.png", format="PNG")
+        # relative to items.csv's folder, so the file's bytes (and the data fingerprint) do not depend on where
+        # the cache lives; readers resolve it (``with_absolute_images``, loaders' ``image_root``)
+        rows.append({"item_id": item_id, "title": title, "text": text, "image": f"{image_dir.name}/{item_id}.png",
+                     **attrs})
     columns = ["item_id", "title", "text", "image", "category", "brand", "color", "material", "size", "pattern"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -383,12 +385,19 @@ def _shop_statistics(interactions: pd.DataFrame, catalog: pd.DataFrame, counts: 
     }
 
 
+def with_absolute_images(catalog: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """``catalog`` with its ``image`` paths (stored relative to ``out_dir`` in items.csv) made absolute."""
+    root = Path(out_dir).resolve()
+    return catalog.assign(image=[str(root / path) for path in catalog["image"]])
+
+
 def generate_shop(cfg: SyntheticConfig, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate the shop into ``out_dir``; return ``(interactions, catalog)``.
 
-    Writes ``items.csv``, ``interactions.csv``, ``images/<item_id>.png`` and, last,
-    ``ground_truth.json`` (config, user preference types and attributes, the
-    complement map, where each attribute is visible, statistics).
+    Writes ``items.csv`` (image paths relative to ``out_dir``), ``interactions.csv``,
+    ``images/<item_id>.png`` and, last, ``ground_truth.json`` (config, user preference types and
+    attributes, the complement map, where each attribute is visible, statistics). The returned
+    catalog holds absolute image paths.
     """
     cfg.validate()
     out_dir = Path(out_dir)
@@ -400,6 +409,7 @@ def generate_shop(cfg: SyntheticConfig, out_dir: Path) -> tuple[pd.DataFrame, pd
     stats = _shop_statistics(interactions, catalog, truth["counts"], truth["users"])
     catalog.to_csv(out_dir / "items.csv", index=False)
     interactions.to_csv(out_dir / "interactions.csv", index=False)
+    catalog = with_absolute_images(catalog, out_dir)
     modalities = {k: list(v) for k, v in ATTRIBUTE_MODALITIES.items()}
     if cfg.visual_attributes_in_text:
         modalities["color"] = modalities["pattern"] = ["title", "text", "image"]
@@ -421,7 +431,8 @@ def ensure_shop(cfg: SyntheticConfig, out_dir: Path) -> tuple[pd.DataFrame, pd.D
     if truth_path.is_file() and (out_dir / "items.csv").is_file() and (out_dir / "interactions.csv").is_file():
         stored = json.loads(truth_path.read_text(encoding="utf-8")).get("config")
         if stored == to_dict(cfg):
-            catalog = pd.read_csv(out_dir / "items.csv", dtype=str, keep_default_na=False)
+            catalog = with_absolute_images(pd.read_csv(out_dir / "items.csv", dtype=str, keep_default_na=False),
+                                           out_dir)
             missing = [p for p in catalog["image"] if not Path(p).is_file()]
             if not missing:
                 interactions = pd.read_csv(out_dir / "interactions.csv", dtype={"user_id": str, "item_id": str,

@@ -69,12 +69,14 @@ def test_an_empty_split_round_trips_with_its_columns(tmp_path):
     assert load_candidates(prepare(cfg), "train", size=3).items.shape == (0, 3)
 
 
-# Only ML-100k: the synthetic shop's fingerprint also covers its generated items.csv, which holds absolute image
-# paths, so it differs between checkouts (a known flaw, docs/data.md "Cache"); ML-100k's covers the data files only.
+# The shop's fingerprint covers its generated items.csv, whose image paths are relative to the shop's folder, so it
+# is the same in every checkout (it was not before image paths were made relative: docs/data.md "Cache").
 @pytest.mark.parametrize(("config", "overrides", "pinned"), [
     ("configs/data/ml100k.yaml", ["max_history=10"], "9c7d7964604a"),  # the ML-100k tables of docs/results/ml100k
+    ("configs/data/shop.yaml", ["max_history=20"], "5e31167af55b"),  # the shop split of the LLM recipes
 ])
-def test_fingerprints_of_the_recorded_experiments_do_not_move(config, overrides, pinned, llmrec_data_dir, monkeypatch):
+def test_fingerprints_of_the_recorded_experiments_do_not_move(config, overrides, pinned, llmrec_data_dir, monkeypatch,
+                                                              tmp_path):
     """A new DataConfig key must leave existing fingerprints alone (cache.ADDED_AT_DEFAULT): a moved fingerprint
     orphans every cached dataset, frozen candidate file and trained run, and the committed results naming it."""
     from llmrec.data import load_data_config
@@ -82,5 +84,5 @@ def test_fingerprints_of_the_recorded_experiments_do_not_move(config, overrides,
     from llmrec.data.loaders import input_files
 
     monkeypatch.setenv("LLMREC_DATA_DIR", str(llmrec_data_dir))
-    cfg = load_data_config(REPO / config, overrides)
+    cfg = load_data_config(REPO / config, [*overrides, f"cache_dir={tmp_path}"])  # the shop is generated here
     assert fingerprint(cfg, input_files(cfg))[:12] == pinned
