@@ -2,19 +2,24 @@
 
     LLMREC_DATA_DIR=../shared/data OMP_WAIT_POLICY=PASSIVE python bench/seed_models.py \
         [--models sasrec mbht dreamrec mdsrec] [--seeds 42 1 2] [--dataset ml100k] [--threads 1] \
-        [--runs runs/seed_models] [--out bench/out/seed_models] [--report-only] [key=value ...]
+        [--variant LABEL MODEL KEY=VALUE ...] [--runs runs/seed_models] [--out bench/out/seed_models] \
+        [--report-only] [key=value ...]
 
 Each (model, seed) is ``llmrec fit-graph --config configs/graph/<model>_<dataset>.yaml train.seed=<seed>
 train.num_threads=<threads> output_dir=<runs>/<model>_s<seed>`` in its own process (its wall time and
 peak RSS are its own); a run folder that already holds ``metrics.json`` is read, not retrained, so an
 interrupted benchmark continues where it stopped. Every run is scored on the same frozen test
 candidates; its ``target_ranks-test.npz`` (written by fit-graph) holds each test user's target rank.
+``--variant dreamrec_text dreamrec model.modalities=[text]`` adds a row ``dreamrec_text``: the model's
+config with those overrides (a modality ablation), in ``<runs>/dreamrec_text_s<seed>``.
 
-Reported, per protocol (``pop100``: 100 negatives drawn per user in proportion to popularity, our
-reading of DreamRec Sec. 4.1.3; ``toppop100``: one fixed top-100 popular list with the user's own
-items swapped for random unseen ones, the MBHT reference code's reading):
+Reported, per protocol the runs scored (``pop100``: 100 negatives drawn per user in proportion to
+popularity, our reading of DreamRec Sec. 4.1.3; ``toppop100``: one fixed top-100 popular list with the
+user's own items swapped for random unseen ones, the MBHT reference code's reading; ``uni10``: TMF's 10
+frozen uniform candidates, HitRate@1 as TMF reports it):
 
-* per model: HR@10 and NDCG@10 of every seed and their mean;
+* per model: HR@10 and NDCG@10 (uni10: HR@1 and NDCG@5) of every seed and their mean, training time
+  and the fit-graph process's peak RSS;
 * per pair (each model against each baseline, ``--baselines``): the difference of the seed-mean
   per-user metric, its 95% paired-bootstrap interval and sign-flip p-value (same users, same candidates);
 * DreamRec's Table 2 row beside ours where the report has one.
@@ -42,7 +47,9 @@ sys.path.insert(0, str(ROOT))
 from llmrec.devices import describe_machine
 from llmrec.metrics import paired_comparison
 
-PROTOCOLS = ("pop100", "toppop100")
+# protocol -> the metrics reported for it (uni10 is TMF's protocol: HitRate@1 over 10 frozen candidates)
+PROTOCOL_METRICS = {"pop100": ("HR@10", "NDCG@10"), "toppop100": ("HR@10", "NDCG@10"), "uni10": ("HR@1", "NDCG@5")}
+PROTOCOLS = tuple(PROTOCOL_METRICS)
 # DreamRec report (../shared/papers/dreamrec.txt), Table 2, ML-100k, 100 popularity negatives.
 PUBLISHED = {
     "dreamrec": {"HR@10": 0.6210, "NDCG@10": 0.3532},
@@ -52,26 +59,34 @@ PUBLISHED = {
 
 
 def per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """HR@10 or NDCG@10 of each row from its 1-based target rank (llmrec.metrics' definitions)."""
-    hit = ranks <= 10
-    if metric == "HR@10":
+    """``HR@k`` or ``NDCG@k`` of each row from its 1-based target rank (llmrec.metrics' definitions)."""
+    name, k = metric.split("@")
+    hit = ranks <= int(k)
+    if name == "HR":
         return hit.astype(np.float64)
-    return np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+    if name == "NDCG":
+        return np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+    raise ValueError(f"unknown metric {metric!r}: expected HR@k or NDCG@k")
 
 
-def fit(model: str, seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
-    """Train one (model, seed) in a child process unless its run folder is finished; returns its record."""
-    run_dir = Path(args.runs) / f"{model}_s{seed}"
+def fit(label: str, seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
+    """Train one (row, seed) in a child process unless its run folder is finished; returns its record.
+
+    ``label`` is a model name or a ``--variant`` label (its model and overrides come from ``args.variants``).
+    """
+    model, variant_overrides = args.variants.get(label, (label, []))
+    run_dir = Path(args.runs) / f"{label}_s{seed}"
     metrics_path = run_dir / "metrics.json"
-    record = {"model": model, "seed": seed, "run_dir": str(run_dir)}
+    record = {"model": label, "seed": seed, "run_dir": str(run_dir)}
     if not metrics_path.is_file():
         if args.report_only:
             return {**record, "missing": True}
         command = [str(Path(sys.executable).with_name("llmrec")), "fit-graph",
                    "--config", str(ROOT / "configs" / "graph" / f"{model}_{args.dataset}.yaml"),
-                   f"train.seed={seed}", f"train.num_threads={args.threads}", f"output_dir={run_dir}", *overrides]
+                   f"train.seed={seed}", f"train.num_threads={args.threads}", f"output_dir={run_dir}", *overrides,
+                   *variant_overrides]
         print("+", " ".join(command), flush=True)
-        log_path = Path(args.runs) / f"{model}_s{seed}.log"
+        log_path = Path(args.runs) / f"{label}_s{seed}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with open(log_path, "w") as log:
@@ -85,7 +100,8 @@ def fit(model: str, seed: int, args: argparse.Namespace, overrides: list[str]) -
     with np.load(run_dir / "target_ranks-test.npz") as ranks:
         record["ranks"] = {name: ranks[name] for name in ranks.files if name in PROTOCOLS}
     record.update({
-        "test": {k: v for k, v in metrics["test"].items() if k.split("/")[0] in PROTOCOLS and k.endswith("@10")},
+        "test": {f"{p}/{m}": metrics["test"][f"{p}/{m}"] for p in record["ranks"] for m in PROTOCOL_METRICS[p]},
+        "peak_rss_mib": metrics.get("peak_rss_mib"),  # absent from runs made before fit-graph recorded it
         "best_epoch": metrics["best_epoch"], "train_seconds": metrics["train_seconds"],
         "wall_seconds": metrics["wall_seconds"], "torch_threads": metrics.get("torch_threads"),
         "dataset_fingerprint": metrics["dataset_fingerprint"],
@@ -106,9 +122,9 @@ def summarize(records: list[dict], models: list[str], baselines: list[str]) -> d
         if not runs:
             continue
         entry = {"seeds": [r["seed"] for r in runs], "train_seconds": [r["train_seconds"] for r in runs],
-                 "best_epoch": [r["best_epoch"] for r in runs]}
-        for protocol in PROTOCOLS:
-            for metric in ("HR@10", "NDCG@10"):
+                 "best_epoch": [r["best_epoch"] for r in runs], "peak_rss_mib": [r["peak_rss_mib"] for r in runs]}
+        for protocol, metrics in PROTOCOL_METRICS.items():
+            for metric in metrics:
                 if any(protocol not in r["ranks"] for r in runs):
                     continue
                 values = [per_user(r["ranks"][protocol], metric) for r in runs]
@@ -127,8 +143,8 @@ def summarize(records: list[dict], models: list[str], baselines: list[str]) -> d
             if model == base or frozenset((model, base)) in compared:
                 continue
             compared.add(frozenset((model, base)))
-            for protocol in PROTOCOLS:
-                for metric in ("HR@10", "NDCG@10"):
+            for protocol, metrics in PROTOCOL_METRICS.items():
+                for metric in metrics:
                     a, b = user_means.get((base, protocol, metric)), user_means.get((model, protocol, metric))
                     if a is None or b is None:
                         continue
@@ -139,21 +155,28 @@ def summarize(records: list[dict], models: list[str], baselines: list[str]) -> d
 
 def markdown(table: dict, machine: str, command: str) -> str:
     lines = [f"Command: `{command}`", "", f"Machine: {machine}", ""]
-    for protocol in PROTOCOLS:
+    for protocol, names in PROTOCOL_METRICS.items():
+        if not any(f"{protocol}/{names[0]}" in e for e in table["models"].values()):
+            continue
+        published = table.get("dataset", "ml100k") == "ml100k" and protocol == "pop100"
         lines += [f"**{protocol}** (test split, seed means; per seed in brackets)", "",
-                  "| model | seeds | HR@10 | NDCG@10 | published HR@10 / NDCG@10 | train s (per seed) | best epoch |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"| model | seeds | {names[0]} | {names[1]} | {'published HR@10 / NDCG@10 | ' if published else ''}"
+                  "train s (per seed) | peak RSS MiB | best epoch |",
+                  "|---|---|---|---|" + ("---|" if published else "") + "---|---|---|"]
         for model, e in table["models"].items():
-            if f"{protocol}/HR@10" not in e:
+            if f"{protocol}/{names[0]}" not in e:
                 continue
             cells = []
-            for metric in ("HR@10", "NDCG@10"):
+            for metric in names:
                 m = e[f"{protocol}/{metric}"]
                 cells.append(f"{m['mean']:.4f} ({', '.join(f'{v:.4f}' for v in m['per_seed'])})")
-            pub = PUBLISHED.get(model)
-            pub_cell = f"{pub['HR@10']:.4f} / {pub['NDCG@10']:.4f}" if pub and protocol == "pop100" else "–"
-            lines.append(f"| {model} | {', '.join(map(str, e['seeds']))} | {cells[0]} | {cells[1]} | {pub_cell} | "
-                         f"{', '.join(f'{s:.0f}' for s in e['train_seconds'])} | {', '.join(map(str, e['best_epoch']))} |")
+            if published:
+                pub = PUBLISHED.get(model)
+                cells.append(f"{pub['HR@10']:.4f} / {pub['NDCG@10']:.4f}" if pub else "–")
+            rss = ", ".join("–" if v is None else f"{v:.0f}" for v in e["peak_rss_mib"])
+            lines.append(f"| {model} | {', '.join(map(str, e['seeds']))} | {' | '.join(cells)} | "
+                         f"{', '.join(f'{s:.0f}' for s in e['train_seconds'])} | {rss} | "
+                         f"{', '.join(map(str, e['best_epoch']))} |")
         lines.append("")
     lines += [("**Paired differences** (model − baseline, seed-mean per-user metric, same test users and candidates; "
                "95% paired bootstrap, sign-flip p)"), "",
@@ -171,8 +194,10 @@ def chart(table: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(table["models"])
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-    for ax, (protocol, metric) in zip(axes, [(p, m) for p in PROTOCOLS for m in ("HR@10", "NDCG@10")]):
+    panels = [(p, m) for p, names in PROTOCOL_METRICS.items() for m in names
+              if any(f"{p}/{m}" in e for e in table["models"].values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
+    for ax, (protocol, metric) in zip(axes[0], panels):
         shown = [m for m in models if f"{protocol}/{metric}" in table["models"][m]]
         means = [table["models"][m][f"{protocol}/{metric}"]["mean"] for m in shown]
         ax.bar(range(len(shown)), means, color="#8fb3d9")
@@ -197,14 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default="runs/seed_models")
     parser.add_argument("--out", default="bench/out/seed_models")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="LABEL MODEL KEY=VALUE",
+                        help="an extra row: LABEL trained as MODEL's config with the overrides (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="read finished runs, train nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides passed to every fit-graph run")
     args = parser.parse_args(argv)
-    records = [fit(model, seed, args, args.overrides) for model in args.models for seed in args.seeds]
+    args.variants = {}
+    for spec in args.variant:
+        if len(spec) < 2 or any("=" not in item for item in spec[2:]) or spec[0] in args.models:
+            parser.error(f"--variant {' '.join(spec)}: expected a new LABEL, a MODEL and KEY=VALUE overrides")
+        args.variants[spec[0]] = (spec[1], spec[2:])
+    labels = [*args.models, *args.variants]
+    records = [fit(label, seed, args, args.overrides) for label in labels for seed in args.seeds]
     missing = [f"{r['model']}_s{r['seed']}" for r in records if r.get("missing")]
     if missing:
         print(f"not trained yet (left out of the report): {', '.join(missing)}")
-    table = summarize(records, args.models, args.baselines)
+    table = {"dataset": args.dataset, **summarize(records, labels, args.baselines)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python bench/seed_models.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import platform
+import resource
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,6 +138,7 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
         "train_seconds": state.elapsed_seconds,
         "eval_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - started,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process, so far
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "n_training_windows": len(trainer.windows.rows),
         "torch_threads": torch.get_num_threads(),

@@ -52,6 +52,7 @@ def test_fit_graph_command_writes_metrics_and_tables(tmp_path, model, capsys, ti
     assert set(metrics["valid"]) >= {"uni5/HR@1", "uni5/NDCG@3", "full/HR@5"}
     assert metrics["epochs_trained"] == 2 and len(metrics["history"]) == 2 and metrics["seed"] == 42
     assert metrics["config"]["model"]["hidden_size"] == 16 and metrics["wall_seconds"] > 0
+    assert 100 < metrics["peak_rss_mib"] < 64 * 1024  # the process holds torch: more than 100 MiB, less than the RAM
     table = load_table(out / "embeddings.safetensors")
     assert table.item.shape == (30, 16) and table.behavior.shape == (3, 16)
     assert table.metadata["model"] == model and len(table.metadata["item_ids"]) == 30
