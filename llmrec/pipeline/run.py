@@ -45,6 +45,7 @@ from llmrec.pipeline.stages import ensure_graph_run, ensure_inputs
 from llmrec.train.checkpoint import load_trainer_state
 from llmrec.train.config import evaluation_task, load_train_config
 from llmrec.train.loop import train
+from llmrec.train.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def _train_and_rank(cfg: PipelineConfig, train_cfg: Any, dataset: Any, tables: A
                     out: Path) -> tuple[Path, Path, dict[str, Any]]:
     """Train one LLM row, rank the split's (seeded subset of) users; ``(checkpoint, predictions, training)``."""
     checkpoint = train(train_cfg, dataset, tables)
+    release_freed_memory(collect=True)  # the trainer's model, optimizer and freed activations, before ranking loads one
     print(f"{name} checkpoint: {checkpoint}")
     state = load_trainer_state(checkpoint)
     samples_per_step = train_cfg.batch_size * train_cfg.gradient_accumulation_steps * state.get("world_size", 1)
@@ -98,6 +100,7 @@ def _train_and_rank(cfg: PipelineConfig, train_cfg: Any, dataset: Any, tables: A
         f"checkpoint={checkpoint}", f"split={cfg.split}", "mode=rank", f"rank_batch_size={cfg.rank_batch_size}",
         f"n_users={_yaml(cfg.rank_users)}", f"output={out / f'predictions-rank-{name}.jsonl'}"]),
         dataset=dataset, tables=tables)
+    release_freed_memory(collect=True)
     return checkpoint, ranked, training
 
 
@@ -129,12 +132,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         baseline_files[graph_cfg.model_name] = predictions_path(run_dir, cfg.split, cfg.baseline_protocol)
         print(f"{graph_cfg.model_name}: {cfg.split} {prefix}HR@1 {metrics[cfg.split][prefix + 'HR@1']:.4f} "
               f"(every row; predictions in {baseline_files[graph_cfg.model_name]})")
+    release_freed_memory(collect=True)  # what the encoders and graph models left in the allocator
 
     _stage("4. TMF training + 5. evaluation (candidate ranking, then generation)")
     checkpoint, ranked, training = _train_and_rank(cfg, train_cfg, dataset, tables, "TMF", out)
     generated = run_inference(load_config(InferConfig, None, [
         f"checkpoint={checkpoint}", f"split={cfg.split}", "mode=generate", f"n_users={_yaml(cfg.generate_users)}",
         f"output={out / 'predictions-generate.jsonl'}"]), dataset=dataset, tables=tables)
+    release_freed_memory(collect=True)
     llm_rows = {"TMF": ranked}
     trained = {"TMF": training}
     if text_cfg is not None:

@@ -11,6 +11,7 @@ from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE
 from llmrec.tmf.model import ModelConfig
 from llmrec.tmf.prompts.render import PromptConfig
 from llmrec.tmf.tasks import TASKS
+from llmrec.train.memory import RELEASE_MEMORY
 
 TRAIN_CONFIG_FILE = "train_config.yaml"
 """The resolved config a run writes into its output folder and every checkpoint."""
@@ -129,6 +130,10 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     """torch CPU threads (null: torch's default)."""
+    release_memory: Literal["never", "step", "micro_batch"] = "step"
+    """Hand the memory freed tensors leave in the C allocator back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere) after every optimizer step (and evaluation), after every micro-batch (lowest peak RSS), or never.
+    Numerics are unchanged; see docs/training.md "Memory"."""
     deepspeed_config: str | None = None
     """A configs/deepspeed/*.json file for single-command runs; ``accelerate launch`` configs also work."""
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -142,6 +147,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.max_steps is None and self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0 when max_steps is unset, got {self.epochs}")
+        if self.release_memory not in RELEASE_MEMORY:
+            raise ConfigError(f"release_memory must be one of {list(RELEASE_MEMORY)}, got {self.release_memory!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or null, got {self.max_steps}")
         unknown = [t for t in self.trackers if t not in TRACKERS]

@@ -52,6 +52,7 @@ from llmrec.tmf.prompts.render import PromptRenderer
 from llmrec.train import checkpoint as ckpt
 from llmrec.train.config import TRAIN_CONFIG_FILE, TrainConfig, evaluation_task
 from llmrec.train.curriculum import CurriculumConfig, CurriculumSampler
+from llmrec.train.memory import release_freed_memory, resident_memory
 from llmrec.train.schedule import (
     configure_deepspeed,
     estimate_prompt_lengths,
@@ -135,6 +136,11 @@ class Trainer:
                                       lr=opt.lr, betas=opt.betas, eps=opt.eps)
         self.trainable = groups["lora"] + adaptor_params
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        # transformers' from_pretrained leaves the LM in eval mode, and both LoRA dropout and the decoder layers'
+        # gradient checkpointing act only in train mode: before this call (fixed 2026-12-04) they took effect only
+        # after the first validation (whose ranking restores train mode), i.e. from step eval.every + 1, or never
+        # with eval.every=-1. SmolLM2 and Llama have no dropout of their own.
+        self.model.train()
         self.step = self.epoch = self.position = 0
         self.plan: list[np.ndarray] | None = None
         self.eval_history: list[dict[str, Any]] = []
@@ -196,13 +202,18 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+            del loss, batch
+            if cfg.release_memory == "micro_batch":
+                release_freed_memory()
+        if cfg.release_memory == "step":
+            release_freed_memory()
         seconds = time.perf_counter() - start
         self.step += 1
         self._advance()
         counts = {t: tasks.count(t) for t in sorted(set(tasks))}
         return {"step": self.step, "loss": float(np.mean(losses)), "lr": lr, "tasks": counts,
                 "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                "samples_per_s": len(tasks) / seconds,
+                "samples_per_s": len(tasks) / seconds, "peak_rss_mib": resident_memory()[1] / 2**20,
                 "p": self.curriculum.probabilities(self.step - 1)}
 
     def run(self, resume: str | Path | None = None, stop_after: int | None = None) -> Path:
@@ -275,6 +286,8 @@ class Trainer:
                                           self.cfg.eval.batch_size, ks=(1,), progress=False)
             result = {"step": self.step, **result}
             self.eval_history.append(result)
+            if self.cfg.release_memory != "never":
+                release_freed_memory()
             logger.info("step %d: validation HR@1 %.4f on %d samples", self.step, result["HR@1"],
                         len(self.eval_prompts()))
         acc.wait_for_everyone()
