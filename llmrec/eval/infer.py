@@ -12,7 +12,9 @@ the recipe's evaluation uses (``eval.candidates``: sampler, size, seed), and the
 * ``mode: generate``: the LLM writes the item's name (TMF §4.3 "LLM-based Generation Process"), by HF
   ``generate`` or vLLM (``backend``), parsed with DESIGN's rules (``llmrec.metrics.parse_generation``);
 * ``mode: rank``: every candidate's name is scored by its answer log-likelihood (``generation/ranking.py``);
-* ``mode: both``: both, from the same prompts.
+* ``mode: both``: both, from the same prompts;
+* ``mode: auto`` (default): ``rank`` under ``protocol: rerank``, ``generate`` under ``backend: vllm`` (ranking runs
+  on the HF model, which on a CPU is the slow part), else ``both``.
 
 Paraphrases (choice): TMF §5.1 samples the instruction format "for training and testing", so
 ``paraphrase: sampled`` (default) draws one per user with ``numpy.random.default_rng([seed, row])``;
@@ -89,13 +91,14 @@ class InferConfig:
     split: Literal["valid", "test"] = "test"
     task: Literal["easy", "medium", "hard"] | None = None
     """Prompt task; null: the recipe's eval.task, else curriculum.fixed_task, else hard (full TMF)."""
-    mode: Literal["rank", "generate", "both"] = "both"
+    mode: Literal["auto", "rank", "generate", "both"] = "auto"
+    """auto: rank under protocol rerank, generate under backend vllm, else both (:func:`resolve_mode`)."""
     protocol: Literal["sampled", "rerank"] = "sampled"
     """sampled: the recipe's frozen candidate sets; rerank: the retriever's top ``rerank.k`` of the whole
     catalog, re-ranked by the LLM (mode: rank; :mod:`llmrec.eval.rerank`)."""
     rerank: RerankSettings = field(default_factory=RerankSettings)
     backend: Literal["hf", "vllm"] = "hf"
-    """Generation backend (ranking always runs on the HF model)."""
+    """Generation backend (ranking always runs on the HF model: docs/inference.md "vLLM backend")."""
     batch_size: int = 8
     """Prompts per generation batch."""
     rank_batch_size: int = 32
@@ -137,11 +140,9 @@ class InferConfig:
         if len(set(self.drop_modalities)) != len(self.drop_modalities) or len(self.drop_modalities) == 3:
             raise ConfigError(f"drop_modalities {self.drop_modalities}: each at most once, and at least one of "
                               "image / text / graph must stay")
-        if self.protocol == "rerank" and self.mode != "rank":
+        if self.protocol == "rerank" and self.mode not in ("rank", "auto"):
             raise ConfigError(f"protocol: rerank orders the retrieved items by candidate ranking; set mode: rank "
                               f"(got {self.mode!r})")
-        if self.backend == "vllm" and self.generation.constrained:
-            raise ConfigError("generation.constrained is implemented for backend: hf only")
 
 
 def load_infer_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> InferConfig:
@@ -194,6 +195,15 @@ def default_output(checkpoint: Path, split: str, task: str) -> Path:
     """``<run>/predictions/<step-…>-<split>-<task>.jsonl``: beside the run, not inside the checkpoint, whose
     folder ``keep_last`` rotation deletes."""
     return run_folder(checkpoint) / "predictions" / f"{checkpoint.name}-{split}-{task}.jsonl"
+
+
+def resolve_mode(cfg: InferConfig) -> str:
+    """``cfg.mode``, with ``auto`` resolved: rank (protocol rerank), generate (backend vllm) or both."""
+    if cfg.mode != "auto":
+        return cfg.mode
+    if cfg.protocol == "rerank":
+        return "rank"
+    return "generate" if cfg.backend == "vllm" else "both"
 
 
 def resolve_device(cfg: InferConfig) -> torch.device:
@@ -270,7 +280,8 @@ def load_model(cfg: InferConfig, checkpoint: Path | None, train_cfg: Any, tables
 def make_generator(cfg: InferConfig, model: Any, tokenizer_collator: Any, answer_collator: Any,
                    checkpoint: Path | None, autocast: torch.dtype | None) -> Any:
     if cfg.backend == "vllm":
-        return VLLMGenerator(model, tokenizer_collator, checkpoint, cfg.generation, cfg.vllm)
+        return VLLMGenerator(model, tokenizer_collator, checkpoint, cfg.generation, cfg.vllm,
+                             answer_collator=answer_collator)
     return HFGenerator(model, tokenizer_collator, cfg.generation, answer_collator=answer_collator,
                        autocast_dtype=autocast)
 
@@ -301,28 +312,33 @@ def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool
     candidate_set = load_candidates(dataset, cfg.split, sampler=cands.sampler, size=cands.size, seed=cands.seed)
     rows = select_rows(len(dataset.samples[cfg.split]), cfg.n_users, cfg.seed, cfg.split)
     prompts = build_prompts(cfg, renderer, dataset, candidate_set, task, rows)
+    mode = resolve_mode(cfg)
     logger.info("%s: %d of %d %s users, task %s, %d candidates (%s, seed %d), mode %s, backend %s",
                 checkpoint or "zero-shot", len(rows), len(dataset.samples[cfg.split]), cfg.split, task,
-                cands.size, cands.sampler, cands.seed, cfg.mode, cfg.backend)
+                cands.size, cands.sampler, cands.seed, mode, cfg.backend)
     max_length = train_cfg.max_length
     answer_collator = TMFCollator(model.tokenizer, renderer, max_length, padding_side="right", with_answer=True)
     prompt_collator = TMFCollator(model.tokenizer, renderer, max_length, padding_side="left", with_answer=False)
 
     generations = scores = None
     timings: dict[str, float] = {}
-    if cfg.mode in ("generate", "both"):
+    if mode in ("generate", "both"):
         t0 = time.perf_counter()
         generator = make_generator(cfg, model, prompt_collator, answer_collator, checkpoint, autocast)
+        engine = generator.where() if isinstance(generator, VLLMGenerator) else "HF generate"
+        logger.info("generate: %s; the TMF model (prompt embeddings) on %s, precision %s", engine, device,
+                    cfg.precision)
         generations = generator.generate(prompts, cfg.batch_size, progress)
         timings["generate_s"] = time.perf_counter() - t0
-    if cfg.mode in ("rank", "both"):
+    if mode in ("rank", "both"):
         t0 = time.perf_counter()
+        logger.info("rank: HF model on %s (%s, %s)", device, cfg.rank_method, cfg.precision)
         scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
         timings["rank_s"] = time.perf_counter() - t0
     records = prediction_records(dataset, renderer, cfg.split, rows, prompts, generations, scores, cfg.save_prompts)
     write_jsonl(output, records)
     meta = {"config": to_dict(cfg), "checkpoint": None if checkpoint is None else str(checkpoint),
-            "task": task, "n_users": len(rows), "n_split_users": len(dataset.samples[cfg.split]),
+            "task": task, "mode": mode, "n_users": len(rows), "n_split_users": len(dataset.samples[cfg.split]),
             "candidates": to_dict(cands), "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint,
             "truncated_prompts": prompt_collator.truncations + answer_collator.truncations,
             "seconds": time.perf_counter() - start, **timings}

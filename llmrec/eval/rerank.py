@@ -138,7 +138,7 @@ def default_rerank_output(checkpoint: Path | None, split: str, task: str, retrie
 def run_rerank(cfg: InferConfig, dataset: Any, tables: Any, retrieval: Retrieval, *, progress: bool = True) -> Path:
     """Re-rank ``retrieval``'s lists with the checkpoint of ``cfg`` (``protocol: rerank``); return the output path."""
     start = time.perf_counter()
-    if cfg.protocol != "rerank" or cfg.mode != "rank":
+    if cfg.protocol != "rerank" or cfg.mode not in ("rank", "auto"):
         raise ValueError(f"run_rerank needs protocol: rerank and mode: rank, got {cfg.protocol!r} / {cfg.mode!r}")
     if retrieval.split != cfg.split or retrieval.k != cfg.rerank.k:
         raise ValueError(f"retrieval is {retrieval.split}/k={retrieval.k}; the config asks {cfg.split}/k={cfg.rerank.k}")

