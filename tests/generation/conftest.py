@@ -26,6 +26,24 @@ def tmf_model(peaked_lm_dir, tables):
 
 
 @pytest.fixture(scope="session")
+def nonidentity_lora_model(peaked_lm_dir, tables):
+    """``make(seed, b_std)``: a TMFModel in eval mode on the peaked Llama whose LoRA is not the identity
+    (``lora_B`` ~ N(0, b_std)), so a path that drops the adapter gives other outputs."""
+    from llmrec.tmf.model import TMFModel
+
+    def make(seed: int, b_std: float) -> TMFModel:
+        torch.manual_seed(seed)
+        model = TMFModel(kit.tiny_model_config(peaked_lm_dir), tables).eval()
+        with torch.no_grad():
+            for name, param in model.peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, b_std)
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def renderer(shop):
     from llmrec.tmf.prompts.render import PromptConfig, PromptRenderer
 

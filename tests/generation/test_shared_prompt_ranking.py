@@ -24,17 +24,9 @@ kit = sys.modules["tmf_testkit"]  # loaded by conftest.py
 
 
 @pytest.fixture(scope="module")
-def lora_model(peaked_lm_dir, tables):
+def lora_model(nonidentity_lora_model):
     """A TMFModel whose LoRA is not the identity (random B), so LoRA must be active in both paths."""
-    from llmrec.tmf.model import TMFModel
-
-    torch.manual_seed(1)
-    model = TMFModel(kit.tiny_model_config(peaked_lm_dir), tables).eval()
-    with torch.no_grad():
-        for name, param in model.peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.2)
-    return model
+    return nonidentity_lora_model(seed=1, b_std=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -53,19 +53,9 @@ def test_requests_are_one_unpadded_embedding_per_prompt(tmf_model, collator_pair
 
 
 @pytest.fixture
-def lora_model(peaked_lm_dir, tables):
+def lora_model(nonidentity_lora_model):
     """A TMFModel on the peaked Llama whose LoRA is not the identity (B random), saved as a checkpoint."""
-    import tmf_testkit as kit
-
-    from llmrec.tmf.model import TMFModel
-
-    torch.manual_seed(0)
-    model = TMFModel(kit.tiny_model_config(peaked_lm_dir), tables).eval()
-    with torch.no_grad():
-        for name, param in model.peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    return model
+    return nonidentity_lora_model(seed=0, b_std=0.5)
 
 
 def test_merged_weights_compute_what_the_peft_model_computes(lora_model, tmp_path):
