@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pytest
+import tmf_testkit as kit  # registered by tests/conftest.py
 import torch
 
 from llmrec.config import ConfigError, load_config
@@ -212,11 +213,7 @@ def test_trainer_resumes_a_qlora_run_exactly(scheme, tmp_path, shop, tables):
         a, b, one = (load_file(str(folder / name)) for folder in (straight, resumed, first))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         assert any(not torch.equal(one[k], a[k]) for k in a), name  # step 2 changed the weights
-    opt_a = torch.load(straight / ckpt.OPTIMIZER_FILE, weights_only=True)
-    opt_b = torch.load(resumed / ckpt.OPTIMIZER_FILE, weights_only=True)
-    for index, values in opt_a["state"].items():
-        for key, tensor in values.items():
-            assert torch.equal(tensor, opt_b["state"][index][key]), (index, key)
+    kit.assert_same_optimizer_state(straight, resumed)
     lines_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines_b if "loss" in r] == [1, 2]

@@ -87,6 +87,17 @@ def save_checkpoint(folder: Path, lm_dir: Path, tables, *overrides: str) -> Path
     return folder
 
 
+def assert_same_optimizer_state(checkpoint_a: Path, checkpoint_b: Path) -> None:
+    """Every optimizer state tensor of two trainer checkpoints is bit-identical (a resumed run vs a straight one)."""
+    from llmrec.train import checkpoint as ckpt
+
+    opt_a = torch.load(checkpoint_a / ckpt.OPTIMIZER_FILE, weights_only=True)
+    opt_b = torch.load(checkpoint_b / ckpt.OPTIMIZER_FILE, weights_only=True)
+    for index, values in opt_a["state"].items():
+        for key, tensor in values.items():
+            assert torch.equal(tensor, opt_b["state"][index][key]), (index, key)
+
+
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def tokenizer():

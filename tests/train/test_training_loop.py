@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import tmf_testkit as kit  # registered by tests/conftest.py
 import torch
 from safetensors.torch import load_file
 
@@ -82,11 +83,7 @@ def test_resume_continues_the_run_exactly(tmp_path, tiny_lm_dir, shop, tables):
     assert state_a["curriculum"]["task_counts"]["hard"] > 0  # t1=1: the hard task is reached
     for key in ("step", "epoch", "position", "eval_history"):
         assert state_a[key] == state_b[key], key
-    opt_a = torch.load(straight / ckpt.OPTIMIZER_FILE, weights_only=True)
-    opt_b = torch.load(resumed / ckpt.OPTIMIZER_FILE, weights_only=True)
-    for index, values in opt_a["state"].items():
-        for name, tensor in values.items():
-            assert torch.equal(tensor, opt_b["state"][index][name]), (index, name)
+    kit.assert_same_optimizer_state(straight, resumed)
     lines_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines_b] == [1, 2, 3, 4]  # the second run started at step 3, not from scratch
