@@ -20,11 +20,13 @@ from llmrec.train.loop import train
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """``llmrec train --config FILE [key=value ...] [--resume auto|DIR] [--stop-after N]``."""
+    """``llmrec train --config FILE [key=value ...] [--resume auto|latest|DIR] [--stop-after N]``."""
     parser = argparse.ArgumentParser(prog="llmrec train", description="Fine-tune TMF (LoRA + adaptors).")
     add_config_arguments(parser, config_help="a configs/tmf_*.yaml recipe", print_config=True,
                          overrides_example="optimizer.lr=1e-4 max_steps=50")
-    parser.add_argument("--resume", default=None, help="'auto' (the run's latest checkpoint) or a checkpoint folder")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' (the run's latest checkpoint, or a fresh start if it has none), "
+                        "'latest' (the latest checkpoint, which must exist) or a checkpoint folder")
     parser.add_argument("--stop-after", type=int, default=None, help="stop (and save) after this step")
     args = parser.parse_args(argv)
     setup_logging()

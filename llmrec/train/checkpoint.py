@@ -169,12 +169,19 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def resolve_resume(resume: str | Path, output_dir: str | Path) -> Path:
-    """``resume`` = ``"auto"`` / ``"latest"`` (the run's latest checkpoint) or a checkpoint folder."""
+def resolve_resume(resume: str | Path, output_dir: str | Path) -> Path | None:
+    """The checkpoint folder to resume from, or None to start fresh.
+
+    ``"auto"``: the run's latest checkpoint if it has one, else None (so one command both starts a run
+    and continues it after an interruption). ``"latest"``: the latest checkpoint, which must exist.
+    Anything else: a checkpoint folder, which must exist.
+    """
     if str(resume) in ("auto", "latest"):
         found = latest_checkpoint(output_dir)
+        if found is None and str(resume) == "latest":
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {checkpoint_root(output_dir)}")
         if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {checkpoint_root(output_dir)}")
+            logger.info("--resume auto: no checkpoint under %s; starting fresh", checkpoint_root(output_dir))
         return found
     folder = Path(resume)
     if not (folder / STATE_FILE).is_file():

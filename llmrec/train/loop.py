@@ -351,6 +351,8 @@ class Trainer:
     def resume(self, resume: str | Path) -> None:
         """Restore weights, optimizer, position, curriculum and RNG states from a checkpoint."""
         folder = ckpt.resolve_resume(resume, self.cfg.output_dir)
+        if folder is None:  # "auto" on a run that has no checkpoint yet
+            return
         state = ckpt.load_trainer_state(folder)
         saved, now = state.get("dataset_fingerprint"), getattr(self.dataset, "fingerprint", None)
         if saved is not None and saved != now:  # None: a checkpoint written before fingerprints were recorded

@@ -195,3 +195,14 @@ def test_scalars_reach_tensorboard_and_trackers_can_be_off(tmp_path, tiny_lm_dir
     assert off.metrics_file.is_file() and not (tmp_path / "untracked" / "tracking").exists()
     with pytest.raises(ConfigError, match="trackers"):
         tiny_config(tmp_path, tiny_lm_dir, "bad", "trackers=[tensorbord]")
+
+
+def test_resume_auto_starts_fresh_without_a_checkpoint_and_latest_refuses(tmp_path, tiny_lm_dir, shop, tables):
+    """One command starts a long run and continues it: ``auto`` on an empty run trains from step 0."""
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "fresh", "max_steps=2", "gradient_accumulation_steps=1", "eval.every=-1")
+    with pytest.raises(FileNotFoundError, match=r"--resume latest: no checkpoint under .*fresh"):
+        ckpt.resolve_resume("latest", cfg.output_dir)
+    assert ckpt.resolve_resume("auto", cfg.output_dir) is None
+    final = train(cfg, shop, tables, resume="auto")
+    assert final.name == "step-00000002"
+    assert ckpt.resolve_resume("auto", cfg.output_dir) == final
