@@ -45,10 +45,7 @@ def probe(run_dir: Path, split: str) -> dict:
         return {k: v for k, v in metrics.items() if k in SHOWN}
 
     rows = {"as trained": score()}
-    users = model.users.weight
-    trained_users = users.detach().clone()
-    norms = {"user embedding": trained_users.norm(dim=-1).mean().item(),
-             "item embedding": model.item_embeddings().norm(dim=-1).mean().item()}
+    norms = {"item embedding": model.item_embeddings().norm(dim=-1).mean().item()}
     if model.cross_attention is not None:
         pooled = model.modality_vector
         history = batcher.history_batch(*batcher.evaluation_rows(split))
@@ -60,11 +57,15 @@ def probe(run_dir: Path, split: str) -> dict:
         model.modality_vector = lambda items: torch.zeros_like(mean_vector).expand(items.shape[0], -1)
         rows["pooled vector -> zero"] = score()
         del model.modality_vector  # the class's method again
-    users.data.copy_(trained_users.mean(0, keepdim=True).expand_as(trained_users))
-    rows["user embedding -> mean user"] = score()
-    users.data.zero_()
-    rows["user embedding -> zero"] = score()
-    users.data.copy_(trained_users)
+    if model.users is not None:  # absent when trained with user_embedding: false
+        users = model.users.weight
+        trained_users = users.detach().clone()
+        norms["user embedding"] = trained_users.norm(dim=-1).mean().item()
+        users.data.copy_(trained_users.mean(0, keepdim=True).expand_as(trained_users))
+        rows["user embedding -> mean user"] = score()
+        users.data.zero_()
+        rows["user embedding -> zero"] = score()
+        users.data.copy_(trained_users)
     return {"run": str(run_dir), "split": split, "modalities": list(model.branches), "rows": rows, "mean_norms": norms}
 
 

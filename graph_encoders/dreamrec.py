@@ -64,6 +64,8 @@ class DreamRecConfig(MBHTConfig):
     modalities: list[str] = field(default_factory=lambda: list(MODALITY_KINDS))  # branches, when their table exists
     modality_heads: int = 1  # heads of the within-modality self-attention (Eq. 14-15 give no count)
     behavior_loss_weight: float = 0.0  # weight of the printed behavior head (Eq. 25-26); 0 = off
+    user_embedding: bool = True  # E_u of Eq. 7; false = the ablation without it
+    modality_dropout: float | None = None  # dropout inside the modality branches (Eq. 12-15); None = dropout
 
     def validate(self) -> None:
         super().validate()
@@ -74,6 +76,8 @@ class DreamRecConfig(MBHTConfig):
             raise ConfigError(f"modality_heads must divide hidden_size {self.hidden_size}, got {self.modality_heads}")
         if self.behavior_loss_weight < 0:
             raise ConfigError(f"behavior_loss_weight must be >= 0, got {self.behavior_loss_weight}")
+        if self.modality_dropout is not None and not 0 <= self.modality_dropout < 1:
+            raise ConfigError(f"modality_dropout must be in [0, 1) or null, got {self.modality_dropout}")
         if self.behavior_loss_weight > 0 and self.cut_after_target:
             raise ConfigError("behavior_loss_weight > 0 needs cut_after_target: false (labels are the window's behaviors)")
 
@@ -89,7 +93,7 @@ class DreamRec(MBHT):
     def __init__(self, config: DreamRecConfig, spec: DatasetSpec) -> None:
         super().__init__(config, spec)  # MBHT's layers, initialised and seeded exactly as MBHT's
         d = config.hidden_size
-        if spec.n_users is None:
+        if config.user_embedding and spec.n_users is None:
             raise ValueError("DreamRec needs DatasetSpec.n_users (its user embedding, Eq. 7)")
         tables = {"text": spec.text_table, "image": spec.image_table}
         self.branches = [m for m in config.modalities if tables[m] is not None]
@@ -100,7 +104,7 @@ class DreamRec(MBHT):
         if dropped:
             logger.info("DreamRec: no %s table, so the %s branch is dropped (not fed zeros)",
                         "/".join(dropped), "/".join(dropped))
-        self.users = nn.Embedding(spec.n_users, d)  # E_u (Eq. 7)
+        self.users = nn.Embedding(spec.n_users, d) if config.user_embedding else None  # E_u (Eq. 7)
         self.modality_encoders = nn.ModuleDict()
         for name in self.branches:
             table = tables[name].detach().float()
@@ -109,7 +113,8 @@ class DreamRec(MBHT):
             # features are inputs, not weights: not saved with the model (fit-graph / load_run give them again)
             self.register_buffer(f"{name}_features", table, persistent=False)
             self.register_buffer(f"{name}_present", table.abs().sum(1) > 0, persistent=False)
-            self.modality_encoders[name] = ModalityEncoder(table.shape[1], d, config.modality_heads, config.dropout)
+            branch_dropout = config.dropout if config.modality_dropout is None else config.modality_dropout
+            self.modality_encoders[name] = ModalityEncoder(table.shape[1], d, config.modality_heads, branch_dropout)
         self.cross_attention = LearnedQueryAttention(d * len(self.branches), d) if self.branches else None
         self.projection = nn.Linear(d, d)  # W_proj, b_proj (Eq. 22)
         for module in (self.users, self.modality_encoders, self.cross_attention, self.projection):
@@ -131,12 +136,14 @@ class DreamRec(MBHT):
 
     def dream_inputs(self, items: torch.Tensor, behaviors: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """``[B, L, d]``: ``ReLU((E_x + E_u' + E_pos + A_cross) W_proj + b_proj) + E_b`` (Eq. 21-22), LN, dropout."""
-        if bool((users < 0).any()) or bool((users >= self.users.num_embeddings).any()):
-            raise ValueError(f"user indices must be in [0, {self.users.num_embeddings}) (internal user index)")
         emb = self.embedding
         length = items.shape[1]
         positions = emb.positions(torch.arange(emb.max_len - length, emb.max_len, device=items.device))
-        summed = emb.items(items) + self.users(users)[:, None] + positions[None]  # Eq. 21 without A_cross
+        summed = emb.items(items) + positions[None]  # Eq. 21 without E_u' and A_cross
+        if self.users is not None:
+            if bool((users < 0).any()) or bool((users >= self.users.num_embeddings).any()):
+                raise ValueError(f"user indices must be in [0, {self.users.num_embeddings}) (internal user index)")
+            summed = summed + self.users(users)[:, None]
         if self.cross_attention is not None:
             summed = summed + self.modality_vector(items)[:, None]
         hidden = torch.relu(self.projection(summed)) + emb.behaviors(behaviors)  # Eq. 22, then MBHT's E_b

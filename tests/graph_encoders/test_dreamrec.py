@@ -59,6 +59,7 @@ def test_defaults_extend_mbht():
     ("modalities", ["text", "text"], "modalities"),
     ("modality_heads", 3, "modality_heads"),
     ("behavior_loss_weight", -1.0, "behavior_loss_weight"),
+    ("modality_dropout", 1.0, "modality_dropout"),
     ("use_behaviors", False, "use_behaviors"),
 ])
 def test_bad_config_is_rejected(key, value, message):
@@ -103,6 +104,23 @@ def test_every_parameter_gets_a_gradient(tiny_dataset):
     model.loss(train_batch(tiny_dataset, n=64)).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == [], missing
+
+
+def test_user_embedding_and_branch_dropout_are_options(tiny_dataset):
+    """Ablation knobs: without E_u (Eq. 7) the scores do not depend on the user; the branch dropout is its own."""
+    import dataclasses
+
+    def branch_dropouts(model):
+        return {m.p for m in model.modality_encoders.modules() if isinstance(m, torch.nn.Dropout)}
+
+    default = build(tiny_dataset).eval()
+    no_user = build(tiny_dataset, user_embedding=False, modality_dropout=0.05).eval()
+    assert branch_dropouts(default) == {default.config.dropout} and branch_dropouts(no_user) == {0.05}
+    assert no_user.users is None and not any(n.startswith("users.") for n in no_user.state_dict())
+    batch = eval_batch(tiny_dataset)
+    other_users = dataclasses.replace(batch, users=batch.users.flip(0))
+    torch.testing.assert_close(no_user.score_all(batch), no_user.score_all(other_users), rtol=0, atol=0)
+    assert not torch.equal(default.score_all(batch), default.score_all(other_users))
 
 
 def test_export_shapes(tiny_dataset):
