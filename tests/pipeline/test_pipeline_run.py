@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import tmf_testkit as kit  # registered by tests/conftest.py
 import yaml
 
 from llmrec.config import load_config, save_config
@@ -20,12 +21,7 @@ from llmrec.train.config import load_train_config
 
 
 def write_configs(tmp_path, lm_dir):
-    data = tmp_path / "data.yaml"
-    data.write_text(yaml.safe_dump({
-        "name": "pipeline-test-shop", "source": "synthetic", "behaviors": ["view", "cart", "purchase"],
-        "target_behavior": "purchase", "max_history": 6, "cache_dir": str(tmp_path / "cache"),
-        "synthetic": {"n_users": 24, "n_items": 40},
-        "candidates": [{"splits": ["train", "valid", "test"], "size": 5}]}))
+    data = kit.write_shop_data_config(tmp_path / "data.yaml", "pipeline-test-shop", tmp_path / "cache")
     graph = tmp_path / "sasrec.yaml"
     graph.write_text(yaml.safe_dump({
         "data": str(data), "output_dir": str(tmp_path / "runs" / "{model}_{dataset}"),

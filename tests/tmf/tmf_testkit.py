@@ -60,6 +60,18 @@ def prepare_shop(cache_dir: Path, n_users: int = 24, n_items: int = 40):
     return prepare(cfg)
 
 
+def write_shop_data_config(path: Path, name: str, cache_dir: Path) -> Path:
+    """A data config file for a tiny synthetic shop (24 users, 40 items, 5 candidates per split); returns ``path``."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "name": name, "source": "synthetic", "behaviors": ["view", "cart", "purchase"],
+        "target_behavior": "purchase", "max_history": 6, "cache_dir": str(cache_dir),
+        "synthetic": {"n_users": 24, "n_items": 40},
+        "candidates": [{"splits": ["train", "valid", "test"], "size": 5}]}))
+    return path
+
+
 def random_tables(n_items: int, n_behaviors: int, seed: int = 0, image: bool = True) -> ModalityTables:
     """Random text / image / graph tables; the image of item 0 is missing (mask False, zero row)."""
     gen = torch.Generator().manual_seed(seed)

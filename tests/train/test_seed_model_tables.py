@@ -12,6 +12,7 @@ import json
 import math
 
 import pytest
+import tmf_testkit as kit  # registered by tests/conftest.py
 import torch
 import yaml
 
@@ -33,12 +34,7 @@ SEED_MODELS = {  # tiny shapes; the modality inputs are the shop's configs' own 
 def configs(tmp_path_factory):
     """The tiny shop's data and encode configs, and a graph config writer."""
     root = tmp_path_factory.mktemp("seed-tables")
-    data = root / "data.yaml"
-    data.write_text(yaml.safe_dump({
-        "name": "seed-tables-shop", "source": "synthetic", "behaviors": ["view", "cart", "purchase"],
-        "target_behavior": "purchase", "max_history": 6, "cache_dir": str(root / "cache"),
-        "synthetic": {"n_users": 24, "n_items": 40},
-        "candidates": [{"splits": ["train", "valid", "test"], "size": 5}]}))
+    data = kit.write_shop_data_config(root / "data.yaml", "seed-tables-shop", root / "cache")
     encode = root / "encode.yaml"
     encode.write_text(yaml.safe_dump({
         "data": str(data), "progress": False,
