@@ -22,16 +22,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graph_encoders.batching import SequenceBatcher  # noqa: E402
-from graph_encoders.bivrec import nearest_interest_loss  # noqa: E402
-from graph_encoders.cli import load_run  # noqa: E402
-from llmrec.data.candidates import load_candidates  # noqa: E402
-from llmrec.io import write_json  # noqa: E402
+from graph_encoders.batching import SequenceBatcher
+from graph_encoders.bivrec import nearest_interest_loss
+from graph_encoders.cli import load_run
+from llmrec.data.candidates import load_candidates
+from llmrec.io import write_json
 
 
 def ranking(scores: torch.Tensor, target_index: torch.Tensor) -> dict[str, float]:
@@ -82,8 +81,8 @@ def diagnose(run_dir: Path, split: str, sampler: str, size: int) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# BivRec interests: {report['run']} ({report['split']}, {report['protocol']}, {report['rows']} rows)", "",
-             f"interests {report['interests']}, score view {report['score_view']}; oracle cross-entropy over all "
-             f"items {report['oracle_cross_entropy_all_items']:.3f}", "",
+             (f"interests {report['interests']}, score view {report['score_view']}; oracle cross-entropy over all "
+             f"items {report['oracle_cross_entropy_all_items']:.3f}"), "",
              "| scoring | HR@10 | NDCG@10 |", "|---|---|---|"]
     lines += [f"| {name} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} |" for name, m in report["scoring"].items()]
     lines += ["", "| interest | mean norm | mean tokens | HR@10 alone | target's best | wins candidates |",

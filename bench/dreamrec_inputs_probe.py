@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graph_encoders.batching import SequenceBatcher  # noqa: E402
-from graph_encoders.cli import load_run  # noqa: E402
-from graph_encoders.evaluation import evaluate_split  # noqa: E402
-from llmrec.io import write_json  # noqa: E402
+from graph_encoders.batching import SequenceBatcher
+from graph_encoders.cli import load_run
+from graph_encoders.evaluation import evaluate_split
+from llmrec.io import write_json
 
 SHOWN = ("uni10/HR@1", "uni10/NDCG@5", "pop100/HR@10", "pop100/NDCG@10")
 

@@ -84,8 +84,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/m3bsr_table2_check"))
     args = parser.parse_args()
     report = {}
-    lines = ["| method | admissible assignments, per-metric bounds | admissible, + NDCG@20 - NDCG@10 bounds | "
-             "printed order passes per-metric / all |", "|---|---|---|---|"]
+    lines = [("| method | admissible assignments, per-metric bounds | admissible, + NDCG@20 - NDCG@10 bounds | "
+             "printed order passes per-metric / all |"), "|---|---|---|---|"]
     for method, values in TABLE_2.items():
         loose, strict = admissible(values, args.tolerance, strict=False), admissible(values, args.tolerance)
         printed = [consistent(*values[:4], args.tolerance, s) and consistent(*values[4:], args.tolerance, s)
