@@ -31,15 +31,13 @@ from graph_encoders.bivrec import nearest_interest_loss
 from graph_encoders.cli import load_run
 from llmrec.data.candidates import load_candidates
 from llmrec.io import write_json
+from llmrec.metrics import candidate_ranking_metrics
 
 
 def ranking(scores: torch.Tensor, target_index: torch.Tensor) -> dict[str, float]:
-    """HR@10 and NDCG@10 of ``scores`` ``[B, C]`` (ties count against the target)."""
-    target = scores.gather(1, target_index[:, None])
-    rank = (scores >= target).sum(1)  # 1-based, pessimistic on ties
-    hit = rank <= 10
-    return {"HR@10": hit.float().mean().item(),
-            "NDCG@10": torch.where(hit, 1.0 / torch.log2(rank.float() + 1.0), 0.0).mean().item()}
+    """HR@10 and NDCG@10 of ``scores`` ``[B, C]`` (the project's candidate metrics, as fit-graph reports them)."""
+    metrics = candidate_ranking_metrics(scores, target_index, ks=(10,))
+    return {"HR@10": metrics["HR@10"], "NDCG@10": metrics["NDCG@10"]}
 
 
 @torch.no_grad()

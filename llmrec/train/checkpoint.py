@@ -178,9 +178,9 @@ def resolve_resume(resume: str | Path, output_dir: str | Path) -> Path | None:
     """
     if str(resume) in ("auto", "latest"):
         found = latest_checkpoint(output_dir)
-        if found is None and str(resume) == "latest":
-            raise FileNotFoundError(f"--resume latest: no checkpoint under {checkpoint_root(output_dir)}")
         if found is None:
+            if str(resume) == "latest":
+                raise FileNotFoundError(f"--resume latest: no checkpoint under {checkpoint_root(output_dir)}")
             logger.info("--resume auto: no checkpoint under %s; starting fresh", checkpoint_root(output_dir))
         return found
     folder = Path(resume)
