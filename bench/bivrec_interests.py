@@ -56,6 +56,10 @@ def diagnose(run_dir: Path, split: str, sampler: str, size: int) -> dict:
     best_for_target = scores[rows, :, target_index].argmax(1)  # the oracle interest (Eq. 19)
     winner = scores.argmax(1)  # [B, C]: the interest that scores each candidate
     tokens = out.allocations[-1].sum(1)  # [B, K]: tokens assigned per interest, last stage
+    first_stage = out.allocations[0].sum(1)  # [B, K_1]: tokens per first-stage interest
+    windows = batcher.training_batch(batcher.training_windows("all", "all").rows[:512], "all")
+    train_out = model.view_output(model.config.score_view, windows)
+    loss_mask = windows.loss_mask & (windows.labels > 0)
     per_interest = [{
         "interest": k,
         "mean_norm": interests[:, k].norm(dim=-1).mean().item(),
@@ -73,6 +77,10 @@ def diagnose(run_dir: Path, split: str, sampler: str, size: int) -> dict:
             "mean of interests": ranking(torch.einsum("bd,bcd->bc", interests.mean(1), table[items]), target_index),
         },
         "oracle_cross_entropy_all_items": nearest_interest_loss(interests, batch.targets, table).item(),
+        "oracle_cross_entropy_training_windows": nearest_interest_loss(  # first 512 windows, eval mode
+            train_out.interests[loss_mask], windows.labels[loss_mask] - 1, train_out.table).item(),
+        "first_stage_nonempty_per_user": (first_stage > 0).sum(1).float().mean().item(),
+        "first_stage_mean_tokens_top2": first_stage.mean(0).sort(descending=True).values[:2].tolist(),
         "per_interest": per_interest,
     }
 
@@ -80,7 +88,11 @@ def diagnose(run_dir: Path, split: str, sampler: str, size: int) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"# BivRec interests: {report['run']} ({report['split']}, {report['protocol']}, {report['rows']} rows)", "",
              (f"interests {report['interests']}, score view {report['score_view']}; oracle cross-entropy over all "
-             f"items {report['oracle_cross_entropy_all_items']:.3f}"), "",
+             f"items {report['oracle_cross_entropy_all_items']:.3f} (training windows, eval mode: "
+             f"{report['oracle_cross_entropy_training_windows']:.3f}); first stage: "
+             f"{report['first_stage_nonempty_per_user']:.1f} non-empty interests per user, the two largest take "
+             f"{report['first_stage_mean_tokens_top2'][0]:.1f} and {report['first_stage_mean_tokens_top2'][1]:.1f} "
+             "tokens on average"), "",
              "| scoring | HR@10 | NDCG@10 |", "|---|---|---|"]
     lines += [f"| {name} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} |" for name, m in report["scoring"].items()]
     lines += ["", "| interest | mean norm | mean tokens | HR@10 alone | target's best | wins candidates |",

@@ -9,6 +9,8 @@ retraining):
 
 * the pooled modality vector ``A_cross`` (Eq. 12-20) replaced by its mean over the split's users (one
   constant vector), or by zero (runs with modality branches);
+* the pooled vector computed without the newest history item;
+* the history cut to its newest 29 or 20 items (is it history length?);
 * the user embedding ``E_u`` (Eq. 7) replaced by the mean user embedding, or by zero.
 
 If a score barely moves, the trained model does not use that input at test time. Also reports the mean
@@ -18,6 +20,7 @@ norms of the user embeddings, item embeddings and pooled vectors. Writes ``<out>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -56,7 +59,25 @@ def probe(run_dir: Path, split: str) -> dict:
         rows["pooled vector -> its mean over users"] = score()
         model.modality_vector = lambda items: torch.zeros_like(mean_vector).expand(items.shape[0], -1)
         rows["pooled vector -> zero"] = score()
+        def without_newest(items):  # the newest history item (the last column is the dream token) hidden
+            items = items.clone()
+            items[:, -2] = 0
+            return pooled(items)
+
+        model.modality_vector = without_newest
+        rows["pooled vector without the newest history item"] = score()
         del model.modality_vector  # the class's method again
+    history_batch = batcher.history_batch
+    for keep in (29, 20):
+        def cut(users, positions, keep=keep):  # only the newest `keep` history items (left padding)
+            batch = history_batch(users, positions)
+            items, behaviors = batch.items.clone(), batch.behaviors.clone()
+            items[:, :-keep], behaviors[:, :-keep] = 0, 0
+            return dataclasses.replace(batch, items=items, behaviors=behaviors, lengths=batch.lengths.clamp(max=keep))
+
+        batcher.history_batch = cut
+        rows[f"history cut to the newest {keep} items"] = score()
+    batcher.history_batch = history_batch
     if model.users is not None:  # absent when trained with user_embedding: false
         users = model.users.weight
         trained_users = users.detach().clone()
