@@ -13,7 +13,7 @@ layer and a user embedding:
   along the feature axis (Eq. 16); one learnable query cross-attends over them (Eq. 17-20,
   :class:`graph_encoders.layers.LearnedQueryAttention`), giving **one vector per sequence**.
 * Input (Eq. 21-22): ``S = E_x + E_u' + E_pos + A_cross`` at every position, then
-  ``H = ReLU(S W_proj + b_proj)``. Behavior enters through MBHT's behavior embedding:
+  ``H = ReLU(S W_proj + b_proj)`` (``input_projection: false`` skips it: ``H = S``, an ablation). Behavior enters through MBHT's behavior embedding:
   ``H + E_b``, then MBHT's LayerNorm and dropout; this replaces MBHT's §3.1.1 context
   embedding and feeds its multi-scale Transformer view. The hypergraph view (§3.6,
   Eq. 23-24) is MBHT's, on the item embeddings.
@@ -66,6 +66,7 @@ class DreamRecConfig(MBHTConfig):
     behavior_loss_weight: float = 0.0  # weight of the printed behavior head (Eq. 25-26); 0 = off
     user_embedding: bool = True  # E_u of Eq. 7; false = the ablation without it
     modality_dropout: float | None = None  # dropout inside the modality branches (Eq. 12-15); None = dropout
+    input_projection: bool = True  # ReLU(S W_proj + b_proj) of Eq. 22; false = S as is (MBHT's sum of embeddings)
 
     def validate(self) -> None:
         super().validate()
@@ -116,7 +117,7 @@ class DreamRec(MBHT):
             branch_dropout = config.dropout if config.modality_dropout is None else config.modality_dropout
             self.modality_encoders[name] = ModalityEncoder(table.shape[1], d, config.modality_heads, branch_dropout)
         self.cross_attention = LearnedQueryAttention(d * len(self.branches), d) if self.branches else None
-        self.projection = nn.Linear(d, d)  # W_proj, b_proj (Eq. 22)
+        self.projection = nn.Linear(d, d) if config.input_projection else None  # W_proj, b_proj (Eq. 22)
         for module in (self.users, self.modality_encoders, self.cross_attention, self.projection):
             if module is not None:
                 init_weights(module)
@@ -135,7 +136,10 @@ class DreamRec(MBHT):
         return self.cross_attention(torch.cat(outputs, dim=-1), visible_any)  # Eq. 16-20
 
     def dream_inputs(self, items: torch.Tensor, behaviors: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        """``[B, L, d]``: ``ReLU((E_x + E_u' + E_pos + A_cross) W_proj + b_proj) + E_b`` (Eq. 21-22), LN, dropout."""
+        """``[B, L, d]``: ``ReLU((E_x + E_u' + E_pos + A_cross) W_proj + b_proj) + E_b`` (Eq. 21-22), LN, dropout.
+
+        With ``input_projection: false`` the sum ``S`` enters as is (the ablation without Eq. 22).
+        """
         emb = self.embedding
         length = items.shape[1]
         positions = emb.positions(torch.arange(emb.max_len - length, emb.max_len, device=items.device))
@@ -146,7 +150,8 @@ class DreamRec(MBHT):
             summed = summed + self.users(users)[:, None]
         if self.cross_attention is not None:
             summed = summed + self.modality_vector(items)[:, None]
-        hidden = torch.relu(self.projection(summed)) + emb.behaviors(behaviors)  # Eq. 22, then MBHT's E_b
+        projected = torch.relu(self.projection(summed)) if self.projection is not None else summed  # Eq. 22
+        hidden = projected + emb.behaviors(behaviors)  # then MBHT's E_b
         return emb.dropout(emb.norm(hidden))
 
     def encode_dream(self, items: torch.Tensor, behaviors: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

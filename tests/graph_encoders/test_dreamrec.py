@@ -123,6 +123,20 @@ def test_user_embedding_and_branch_dropout_are_options(tiny_dataset):
     assert not torch.equal(default.score_all(batch), default.score_all(other_users))
 
 
+def test_input_projection_is_an_option(tiny_dataset):
+    """Without Eq. 22 there is no W_proj and the Transformer's input is the plain sum S (+ E_b), not ReLU(S W + b)."""
+    plain = build(tiny_dataset, input_projection=False).eval()
+    assert plain.projection is None and not any(n.startswith("projection.") for n in plain.state_dict())
+    batch = eval_batch(tiny_dataset)
+    items, behaviors = plain.window(*plain.prediction_inputs(batch))
+    inputs = plain.dream_inputs(items, behaviors, batch.users)
+    emb = plain.embedding
+    positions = emb.positions(torch.arange(emb.max_len - items.shape[1], emb.max_len))
+    summed = emb.items(items) + positions[None] + plain.users(batch.users)[:, None] + plain.modality_vector(items)[:, None]
+    torch.testing.assert_close(inputs, emb.norm(summed + emb.behaviors(behaviors)))
+    assert torch.isfinite(plain.score_all(batch)).all()
+
+
 def test_export_shapes(tiny_dataset):
     table = embedding_table(build(tiny_dataset), tiny_dataset)
     assert table.item.shape == (tiny_dataset.n_items, 16) and table.behavior.shape == (tiny_dataset.n_behaviors, 16)
