@@ -69,6 +69,7 @@ from llmrec.generation.vllm_worker import (
     generate_texts,
     import_vllm,
     read_answers,
+    read_timings,
     set_cpu_kvcache,
     start_engine,
     write_job,
@@ -270,6 +271,8 @@ class VLLMGenerator:
         self.embed_dtype = _torch_dtype(self.engine.dtype, model.causal_lm.get_input_embeddings().weight.dtype)
         self.llm = llm
         self.python = None if llm is not None else worker_python(self.engine)
+        # seconds of the last generate(): engine_start_s (0 when the engine was already up) and generate_s
+        self.last_timings: dict[str, float] = {}
 
     @property
     def llm_kwargs(self) -> dict[str, Any]:
@@ -328,13 +331,16 @@ class VLLMGenerator:
 
     def _generate_here(self, prompts: Sequence[Any], batch_size: int, progress: bool) -> list[str]:
         vllm = import_vllm()
+        start = time.perf_counter()
         if self.llm is None:
             self.llm = start_engine(vllm, self.llm_kwargs)
+        started = time.perf_counter()
         texts: list[str] = []
         chunks = list(_chunks(prompts, self.engine.chunk_size))
         for chunk in tqdm(chunks, desc="vllm generate", unit="chunk", disable=not progress, leave=False):
             texts.extend(generate_texts(self.llm, vllm, self._embeds(chunk, batch_size), self.sampling(),
                                         self._choices(chunk), self.lora))
+        self.last_timings = {"engine_start_s": started - start, "generate_s": time.perf_counter() - started}
         return texts
 
     def _generate_in_worker(self, prompts: Sequence[Any], batch_size: int, progress: bool) -> list[str]:
@@ -352,7 +358,9 @@ class VLLMGenerator:
                 tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
                 raise RuntimeError(f"the vLLM worker ({' '.join(command)}) exited with {result.returncode}; "
                                    f"the end of its log:\n{tail}")
-            return read_answers(folder, len(prompts))
+            texts = read_answers(folder, len(prompts))
+            self.last_timings = read_timings(folder)
+            return texts
 
 
 def _worker_env() -> dict[str, str]:

@@ -177,6 +177,7 @@ def run_job(folder: str | Path, llm: Any = None) -> dict[str, Any]:
 
 
 def read_answers(folder: str | Path, n_prompts: int) -> list[str]:
+    """The worker's answers, one per prompt (its timings: :func:`read_timings`)."""
     path = Path(folder) / ANSWERS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: the vLLM worker wrote no {ANSWERS_FILE}")
@@ -187,6 +188,12 @@ def read_answers(folder: str | Path, n_prompts: int) -> list[str]:
     logger.info("vLLM worker (vllm %s): engine start %.1f s, generation %.1f s", answers.get("vllm_version"),
                 answers.get("engine_start_s", float("nan")), answers.get("generate_s", float("nan")))
     return texts
+
+
+def read_timings(folder: str | Path) -> dict[str, float]:
+    """``engine_start_s`` and ``generate_s`` as the worker measured them (``answers.json``)."""
+    answers = json.loads((Path(folder) / ANSWERS_FILE).read_text(encoding="utf-8"))
+    return {key: float(answers[key]) for key in ("engine_start_s", "generate_s") if key in answers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,16 @@ from llmrec.generation.vllm import (
     vllm_model_path,
     worker_python,
 )
-from llmrec.generation.vllm_worker import ANSWERS_FILE, import_vllm, load_chunk, main, read_answers, read_job, write_job
+from llmrec.generation.vllm_worker import (
+    ANSWERS_FILE,
+    import_vllm,
+    load_chunk,
+    main,
+    read_answers,
+    read_job,
+    read_timings,
+    write_job,
+)
 from llmrec.tmf.lm import LMConfig
 
 NOT_STARTED = object()
@@ -154,6 +163,7 @@ def test_job_folder_round_trip(tmp_path):
     (tmp_path / ANSWERS_FILE).write_text(json.dumps({"texts": ["x", "y", "z"], "vllm_version": "0.32.0",
                                                      "engine_start_s": 1.0, "generate_s": 2.0}))
     assert read_answers(tmp_path, 3) == ["x", "y", "z"]
+    assert read_timings(tmp_path) == {"engine_start_s": 1.0, "generate_s": 2.0}
     with pytest.raises(FileNotFoundError, match="not a vLLM job folder"):
         read_job(tmp_path / "nothing")
     assert main([]) == 2

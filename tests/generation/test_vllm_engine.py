@@ -150,6 +150,8 @@ def test_answers_do_not_depend_on_chunk_or_batch_size(smol_tmf, smol_collators, 
                               engine_settings(chunk_size=chunk_size), llm=merged_generator.llm)
         assert other.model_path == merged_generator.model_path
         assert other.generate(hard_prompts, batch_size=batch_size, progress=False) == vllm_answers
+        timings = other.last_timings  # the engine was already up (shared): no start; generation took some time
+        assert timings["engine_start_s"] < 1.0 and timings["generate_s"] > 0
 
 
 def test_constrained_answers_are_always_candidates(smol_tmf, smol_collators, smol_checkpoint, merged_generator,
