@@ -13,8 +13,12 @@ the recipe's evaluation uses (``eval.candidates``: sampler, size, seed), and the
   ``generate`` or vLLM (``backend``), parsed with DESIGN's rules (``llmrec.metrics.parse_generation``);
 * ``mode: rank``: every candidate's name is scored by its answer log-likelihood (``generation/ranking.py``);
 * ``mode: both``: both, from the same prompts;
-* ``mode: auto`` (default): ``rank`` under ``protocol: rerank``, ``generate`` under ``backend: vllm`` (ranking runs
-  on the HF model, which on a CPU is the slow part), else ``both``.
+* ``mode: auto`` (default): ``rank`` under ``protocol: rerank``, ``generate`` under ``backend: vllm`` (vLLM ranks
+  with one full prompt pass per candidate and no prefix-cache reads, C times generation's prompt work), else
+  ``both``.
+
+Under ``backend: vllm`` both steps run on the engine (ranking: :meth:`llmrec.generation.vllm.VLLMGenerator.rank`,
+the HF ranking's scores); under ``hf`` on the HF model.
 
 Paraphrases (choice): TMF §5.1 samples the instruction format "for training and testing", so
 ``paraphrase: sampled`` (default) draws one per user with ``numpy.random.default_rng([seed, row])``;
@@ -98,11 +102,11 @@ class InferConfig:
     catalog, re-ranked by the LLM (mode: rank; :mod:`llmrec.eval.rerank`)."""
     rerank: RerankSettings = field(default_factory=RerankSettings)
     backend: Literal["hf", "vllm"] = "hf"
-    """Generation backend (ranking always runs on the HF model: docs/inference.md "vLLM backend")."""
+    """Generation and ranking backend (docs/inference.md "vLLM backend"; protocol rerank ranks on HF)."""
     batch_size: int = 8
-    """Prompts per generation batch."""
+    """Prompts per generation batch (vLLM: per prompt-embedding batch, generation and ranking)."""
     rank_batch_size: int = 32
-    """(prompt, candidate) rows per ranking forward pass."""
+    """(prompt, candidate) rows per HF ranking forward pass."""
     rank_method: Literal["packed", "prefix", "full"] = "packed"
     """How ranking runs the LM (docs/inference.md "Candidate ranking"); same scores, packed is fastest."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -320,7 +324,7 @@ def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool
     answer_collator = TMFCollator(model.tokenizer, renderer, max_length, padding_side="right", with_answer=True)
     prompt_collator = TMFCollator(model.tokenizer, renderer, max_length, padding_side="left", with_answer=False)
 
-    generations = scores = None
+    generations = scores = generator = None
     timings: dict[str, float] = {}
     if mode in ("generate", "both"):
         t0 = time.perf_counter()
@@ -332,8 +336,15 @@ def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool
         timings["generate_s"] = time.perf_counter() - t0
     if mode in ("rank", "both"):
         t0 = time.perf_counter()
-        logger.info("rank: HF model on %s (%s, %s)", device, cfg.rank_method, cfg.precision)
-        scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
+        if cfg.backend == "vllm":
+            if not isinstance(generator, VLLMGenerator):  # in-process, the generator keeps its engine for both
+                generator = make_generator(cfg, model, prompt_collator, answer_collator, checkpoint, autocast)
+            logger.info("rank: %s, answer log-likelihoods from prompt logprobs; the TMF model (prompt embeddings) "
+                        "on %s, precision %s", generator.where(), device, cfg.precision)
+            scores = generator.rank(prompts, cfg.batch_size, progress)
+        else:
+            logger.info("rank: HF model on %s (%s, %s)", device, cfg.rank_method, cfg.precision)
+            scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
         timings["rank_s"] = time.perf_counter() - t0
     records = prediction_records(dataset, renderer, cfg.split, rows, prompts, generations, scores, cfg.save_prompts)
     write_jsonl(output, records)

@@ -52,6 +52,14 @@ def candidate_rows(prompt: Any, collator: Any, renderer: Any) -> list[Any]:
 RANKING_METHODS = ("packed", "prefix", "full")
 
 
+def shared_prompt_answers(prompt: Any, collator: Any, renderer: Any) -> tuple[Any, int, list[list[int]]]:
+    """``(fitted prompt, its length in tokens, each candidate's answer token ids)``: the shared prompt (history cut
+    once, for the longest answer) and exactly the ids ``packed`` / ``prefix`` sum (the answer + end token)."""
+    rows, encoded = _fitted_rows(prompt, collator, renderer)
+    answers = [list(e.input_ids[len(e.input_ids) - e.n_labels:]) for e in encoded]
+    return rows[0], len(_shared_prefix_ids(encoded)), answers
+
+
 def _fitted_rows(prompt: Any, collator: Any, renderer: Any) -> tuple[list[Any], list[Any]]:
     """The candidate rows of one prompt and their encodings (collator.fit, as collating them would)."""
     rows = candidate_rows(prompt, collator, renderer)

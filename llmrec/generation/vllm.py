@@ -36,8 +36,11 @@ Outputs")::
   accepts every tokenization of a choice, not only the canonical one the model was trained on (the HF trie,
   :mod:`llmrec.generation.constraints`, allows only that): answers are always candidates, but may differ from
   the HF backend's constrained answers (docs/inference.md).
-* **Ranking** stays on the HF model (``generation/ranking.py``): vLLM returns ``prompt_logprobs == [None]`` for
-  ``prompt_embeds`` prompts, so candidate answers cannot be scored from embeddings there.
+* **Ranking** (:meth:`VLLMGenerator.rank`): each candidate's answer ids (the ones HF ranking sums,
+  :func:`llmrec.generation.ranking.shared_prompt_answers`) appended to the prompt embeddings as token ids (a mixed
+  ``EmbedsPrompt``), scored from ``prompt_logprobs`` (:mod:`llmrec.generation.vllm_scoring`): exact, one request
+  per (prompt, candidate). Pure ``prompt_embeds`` prompts get no prompt logprobs, and a ``choice`` grammar's
+  logprobs are taken after its bitmask (docs/inference.md).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
@@ -65,10 +69,14 @@ from llmrec.config import ConfigError
 from llmrec.devices import batch_to_device
 from llmrec.generation.constraints import candidate_answer_ids
 from llmrec.generation.hf import GenerationSettings
+from llmrec.generation.ranking import shared_prompt_answers
+from llmrec.generation.vllm_scoring import SCORING_SAMPLING, score_answers
 from llmrec.generation.vllm_worker import (
     generate_texts,
     import_vllm,
+    lora_request,
     read_answers,
+    read_scores,
     read_timings,
     set_cpu_kvcache,
     start_engine,
@@ -235,7 +243,8 @@ class VLLMGenerator:
 
     ``model`` (a :class:`~llmrec.tmf.model.TMFModel`) computes the embeddings; ``adapter_dir`` is the
     checkpoint folder holding its PEFT adapter (``None``: the base model, for zero-shot runs).
-    ``answer_collator`` (``with_answer=True``) is needed for ``constrained`` decoding. ``llm``: an engine
+    ``answer_collator`` (``with_answer=True``, with a renderer) is needed for ``constrained`` decoding and for
+    :meth:`rank`. ``llm``: an engine
     already started with :attr:`llm_kwargs` (tests share one between generators; each start costs minutes on a
     CPU). The engine runs in this process when ``vllm`` imports here, else in the worker of ``engine.python``.
     """
@@ -271,7 +280,8 @@ class VLLMGenerator:
         self.embed_dtype = _torch_dtype(self.engine.dtype, model.causal_lm.get_input_embeddings().weight.dtype)
         self.llm = llm
         self.python = None if llm is not None else worker_python(self.engine)
-        # seconds of the last generate(): engine_start_s (0 when the engine was already up) and generate_s
+        # seconds of the last generate() / rank(): engine_start_s (0 when the engine was already up) and
+        # generate_s / rank_s
         self.last_timings: dict[str, float] = {}
 
     @property
@@ -349,18 +359,97 @@ class VLLMGenerator:
             embeds = (self._embeds(chunk, batch_size) for chunk in
                       tqdm(chunks, desc="prompt embeddings", unit="chunk", disable=not progress, leave=False))
             write_job(folder, self.llm_kwargs, self.sampling(), self.lora, embeds, self._choices(prompts))
-            command = [str(self.python), "-m", WORKER_MODULE, folder]
-            log = Path(folder) / "worker.log"
-            logger.info("running the vLLM engine in its own environment: %s (log: %s)", " ".join(command), log)
-            with open(log, "w", encoding="utf-8") as handle:
-                result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=_worker_env(), check=False)
-            if result.returncode != 0:
-                tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
-                raise RuntimeError(f"the vLLM worker ({' '.join(command)}) exited with {result.returncode}; "
-                                   f"the end of its log:\n{tail}")
+            self._run_worker(folder)
             texts = read_answers(folder, len(prompts))
             self.last_timings = read_timings(folder)
             return texts
+
+    def _run_worker(self, folder: str) -> None:
+        """Run ``<vllm.python> -m llmrec.generation.vllm_worker <folder>``; raise with the end of its log on failure."""
+        command = [str(self.python), "-m", WORKER_MODULE, folder]
+        log = Path(folder) / "worker.log"
+        logger.info("running the vLLM engine in its own environment: %s (log: %s)", " ".join(command), log)
+        with open(log, "w", encoding="utf-8") as handle:
+            result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=_worker_env(), check=False)
+        if result.returncode != 0:
+            tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
+            raise RuntimeError(f"the vLLM worker ({' '.join(command)}) exited with {result.returncode}; "
+                               f"the end of its log:\n{tail}")
+
+    # ------------------------------------------------------------------------- candidate ranking
+    def rank(self, prompts: Sequence[Any], batch_size: int = 8, progress: bool = True) -> np.ndarray:
+        """``[n_prompts, C]`` summed answer log-likelihood of every candidate, the scores of
+        :func:`llmrec.generation.ranking.candidate_log_likelihoods` (same fitted prompt, same answer ids incl. the
+        end token), computed by the engine (:mod:`llmrec.generation.vllm_scoring`). ``batch_size``: prompts per
+        embedding forward pass; ``vllm.chunk_size`` prompts (times C requests) go to the engine at once."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self.answer_collator is None or not self.answer_collator.with_answer or self.answer_collator.renderer is None:
+            raise ValueError("vLLM ranking needs answer_collator=TMFCollator(..., renderer, with_answer=True)")
+        sizes = {len(p.candidates) for p in prompts}
+        if len(sizes) > 1:
+            raise ValueError(f"every prompt needs the same number of candidates, got sizes {sorted(sizes)}")
+        was_training = self.model.training
+        self.model.eval()
+        set_cpu_kvcache(self.engine.cpu_kvcache_gib)
+        start = time.perf_counter()
+        try:
+            shared = [shared_prompt_answers(p, self.answer_collator, self.answer_collator.renderer) for p in prompts]
+            if self.python is None:
+                scores = self._rank_here(shared, batch_size, progress)
+            else:
+                scores = self._rank_in_worker(shared, batch_size, progress)
+        finally:
+            self.model.train(was_training)
+        logger.info("%s scored %d candidates of %d prompts in %.1f s", self.where(), sum(map(len, scores)),
+                    len(scores), time.perf_counter() - start)
+        return np.asarray(scores, dtype=np.float32).reshape(len(prompts), sizes.pop() if sizes else 0)
+
+    def _ranking_embeds(self, shared: Sequence[tuple[Any, int, list[list[int]]]], batch_size: int,
+                        first_prompt: int) -> list[torch.Tensor]:
+        """The prompt embeddings of the fitted prompts, each as long as the prompt HF ranking scores after."""
+        embeds = self._embeds([fitted for fitted, _, _ in shared], batch_size)
+        for i, (tensor, (_, length, _)) in enumerate(zip(embeds, shared)):
+            if tensor.shape[0] != length:
+                raise RuntimeError(f"prompt {first_prompt + i}: {tensor.shape[0]} prompt embeddings but the answer "
+                                   f"collator's prompt has {length} tokens (collators with different settings?)")
+        return embeds
+
+    def _rank_here(self, shared: Sequence[tuple[Any, int, list[list[int]]]], batch_size: int,
+                   progress: bool) -> list[list[float]]:
+        vllm = import_vllm()
+        start = time.perf_counter()
+        if self.llm is None:
+            self.llm = start_engine(vllm, self.llm_kwargs)
+        started = time.perf_counter()
+        scores: list[list[float]] = []
+        chunks = list(_chunks(shared, self.engine.chunk_size))
+        for chunk in tqdm(chunks, desc="vllm rank", unit="chunk", disable=not progress, leave=False):
+            embeds = self._ranking_embeds(chunk, batch_size, len(scores))
+            scores.extend(score_answers(self.llm, vllm, embeds, [answers for _, _, answers in chunk],
+                                        lora_request(vllm, self.lora), first_prompt=len(scores)))
+        self.last_timings = {"engine_start_s": started - start, "rank_s": time.perf_counter() - started}
+        return scores
+
+    def write_rank_job(self, folder: str | Path, shared: Sequence[tuple[Any, int, list[list[int]]]],
+                       batch_size: int = 8, progress: bool = False) -> Path:
+        """A rank job folder (:mod:`llmrec.generation.vllm_worker`) for the :func:`shared_prompt_answers` of the
+        prompts: their embeddings in chunks of ``vllm.chunk_size`` and every candidate's answer ids."""
+        chunks = list(_chunks(shared, self.engine.chunk_size))
+        starts = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+        embeds = (self._ranking_embeds(chunk, batch_size, first) for chunk, first in
+                  zip(tqdm(chunks, desc="prompt embeddings", unit="chunk", disable=not progress, leave=False), starts))
+        return write_job(folder, self.llm_kwargs, SCORING_SAMPLING, self.lora, embeds, None, kind="rank",
+                         answers=[answers for _, _, answers in shared])
+
+    def _rank_in_worker(self, shared: Sequence[tuple[Any, int, list[list[int]]]], batch_size: int,
+                        progress: bool) -> list[list[float]]:
+        with tempfile.TemporaryDirectory(prefix="llmrec-vllm-job-") as folder:
+            self.write_rank_job(folder, shared, batch_size, progress)
+            self._run_worker(folder)
+            scores = read_scores(folder, [len(answers) for _, _, answers in shared])
+            self.last_timings = read_timings(folder)
+            return scores
 
 
 def _worker_env() -> dict[str, str]:

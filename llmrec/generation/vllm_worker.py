@@ -1,4 +1,4 @@
-"""The vLLM side of the vLLM backend: one engine, prompt embeddings in, first-line answers out.
+"""The vLLM side of the vLLM backend: one engine, prompt embeddings in, first-line answers (or candidate scores) out.
 
 This module runs wherever ``vllm`` is importable: inside the process of :class:`llmrec.generation.vllm.
 VLLMGenerator` when that environment has vLLM, or as a worker in vLLM's own environment (``.venv-vllm``,
@@ -8,20 +8,25 @@ VLLMGenerator` when that environment has vLLM, or as a worker in vLLM's own envi
 
 A job folder (written by :func:`write_job`, read by :func:`run_job`) holds
 
-* ``job.json``: ``llm`` (keyword arguments of ``vllm.LLM``), ``sampling`` (of ``vllm.SamplingParams``),
-  ``lora`` (``[name, id, adapter folder]`` or null), ``choices`` (per prompt: the candidates' answer texts
-  for constrained decoding, or null), ``chunks`` (file names) and ``n_prompts``;
+* ``job.json``: ``kind`` (``"generate"`` or ``"rank"``), ``llm`` (keyword arguments of ``vllm.LLM``), ``sampling``
+  (of ``vllm.SamplingParams``), ``lora`` (``[name, id, adapter folder]`` or null), ``choices`` (per prompt: the
+  candidates' answer texts for constrained decoding, or null), ``answers`` (rank jobs: per prompt, the token ids
+  of each candidate's answer, end token included; else null), ``chunks`` (file names) and ``n_prompts``;
 * ``prompts-00000.safetensors``, ...: one ``[L_i, hidden]`` tensor per prompt, keyed by its index;
 
-and the worker adds ``answers.json`` (``texts`` in prompt order, ``vllm_version``, ``engine_start_s``,
-``generate_s``). It imports nothing of llmrec but :mod:`llmrec.io` (no PEFT, no data code), so the engine's
-environment needs only vLLM, its torch and safetensors.
+and the worker adds ``answers.json``: ``kind``, ``texts`` (generate: the first lines in prompt order) or
+``scores`` (rank: per prompt, each candidate's summed answer log-likelihood, :mod:`llmrec.generation.vllm_scoring`),
+``vllm_version``, ``engine_start_s`` and ``generate_s`` or ``rank_s``. It imports nothing of llmrec but
+:mod:`llmrec.io` and :mod:`llmrec.generation.vllm_scoring` (no PEFT, no data code), so the engine's environment
+needs only vLLM, its torch and safetensors.
 
 vLLM APIs used (docs.vllm.ai, "Offline Inference", "Prompt Embedding Inputs", "LoRA Adapters",
 "Structured Outputs"): ``LLM(model=..., enable_prompt_embeds=True[, enable_lora=True, max_lora_rank=r])``,
 ``LLM.generate([{"prompt_embeds": tensor}, ...], [SamplingParams, ...], lora_request=LoRARequest(...))``,
 ``SamplingParams(stop=["\\n"], structured_outputs=StructuredOutputsParams(choice=[...]))`` (the V1 engine's
-names; ``guided_decoding`` / ``GuidedDecodingParams`` were removed in vLLM 0.12).
+names; ``guided_decoding`` / ``GuidedDecodingParams`` were removed in vLLM 0.12); for rank jobs, mixed
+``{"prompt_embeds", "prompt_token_ids", "prompt_is_token_ids"}`` prompts with ``SamplingParams(prompt_logprobs=0)``
+(:mod:`llmrec.generation.vllm_scoring`).
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmrec.generation.vllm_scoring import score_answers
 from llmrec.io import write_json
 
 logger = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 ANSWERS_FILE = "answers.json"
+JOB_KINDS = ("generate", "rank")
+TIMING_KEYS = ("engine_start_s", "generate_s", "rank_s")
 CPU_KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 """vLLM's CPU backend reserves this many GiB for its KV cache (its own default is far more than a small
 model needs); set from ``VLLMSettings.cpu_kvcache_gib`` unless the environment already sets it."""
@@ -118,8 +126,16 @@ def generate_texts(llm: Any, vllm: Any, embeds: Sequence[torch.Tensor], sampling
 # ----------------------------------------------------------------------------- job folders
 def write_job(folder: str | Path, llm_kwargs: dict[str, Any], sampling: dict[str, Any],
               lora: Sequence[Any] | None, chunks: Iterable[Sequence[torch.Tensor]],
-              choices: Sequence[Sequence[str]] | None) -> Path:
-    """Write a job folder (see the module docstring); ``chunks`` yields lists of ``[L_i, hidden]`` tensors."""
+              choices: Sequence[Sequence[str]] | None, *, kind: str = "generate",
+              answers: Sequence[Sequence[Sequence[int]]] | None = None) -> Path:
+    """Write a job folder (see the module docstring); ``chunks`` yields lists of ``[L_i, hidden]`` tensors.
+    ``kind="rank"`` scores ``answers`` (per prompt, its candidates' answer token ids) instead of generating."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"job kind must be one of {JOB_KINDS}, got {kind!r}")
+    if kind == "rank" and (answers is None or choices is not None):
+        raise ValueError("a rank job needs answers (per prompt, its candidates' answer token ids) and no choices")
+    if kind == "generate" and answers is not None:
+        raise ValueError("a generate job takes no answers (those are for kind='rank')")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names, n_prompts = [], 0
@@ -130,11 +146,28 @@ def write_job(folder: str | Path, llm_kwargs: dict[str, Any], sampling: dict[str
         n_prompts += len(chunk)
     if choices is not None and len(choices) != n_prompts:
         raise ValueError(f"{len(choices)} choice lists for {n_prompts} prompts")
-    job = {"llm": llm_kwargs, "sampling": sampling, "lora": None if lora is None else list(lora),
-           "choices": None if choices is None else [list(c) for c in choices], "chunks": names,
-           "n_prompts": n_prompts}
+    answer_ids = None if answers is None else [[[int(t) for t in ids] for ids in c] for c in answers]
+    if answer_ids is not None:
+        check_answers(answer_ids, n_prompts, "write_job")
+    job = {"kind": kind, "llm": llm_kwargs, "sampling": sampling, "lora": None if lora is None else list(lora),
+           "choices": None if choices is None else [list(c) for c in choices], "answers": answer_ids,
+           "chunks": names, "n_prompts": n_prompts}
     write_json(folder / JOB_FILE, job)
     return folder
+
+
+def check_answers(answers: Any, n_prompts: int, where: str) -> None:
+    """Raise unless ``answers`` holds, for each of ``n_prompts`` prompts, a non-empty list of non-empty id lists."""
+    if not isinstance(answers, list) or len(answers) != n_prompts:
+        size = len(answers) if isinstance(answers, list) else type(answers).__name__
+        raise ValueError(f"{where}: {size} candidate answer lists for {n_prompts} prompts")
+    for i, candidates in enumerate(answers):
+        if not isinstance(candidates, list) or not candidates:
+            raise ValueError(f"{where}: prompt {i} has no candidate answers")
+        for k, ids in enumerate(candidates):
+            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and t >= 0 for t in ids):
+                raise ValueError(f"{where}: prompt {i}, candidate {k}: the answer must be a non-empty list of "
+                                 f"token ids, got {ids!r}")
 
 
 def read_job(folder: str | Path) -> dict[str, Any]:
@@ -145,6 +178,12 @@ def read_job(folder: str | Path) -> dict[str, Any]:
     missing = {"llm", "sampling", "lora", "choices", "chunks", "n_prompts"} - set(job)
     if missing:
         raise ValueError(f"{path}: missing keys {sorted(missing)}")
+    job.setdefault("kind", "generate")
+    job.setdefault("answers", None)
+    if job["kind"] not in JOB_KINDS:
+        raise ValueError(f"{path}: job kind must be one of {JOB_KINDS}, got {job['kind']!r}")
+    if job["kind"] == "rank":
+        check_answers(job["answers"], job["n_prompts"], str(path))
     return job
 
 
@@ -161,39 +200,60 @@ def run_job(folder: str | Path, llm: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     llm = llm if llm is not None else start_engine(vllm, job["llm"])
     started = time.perf_counter()
-    texts: list[str] = []
+    results: list[Any] = []  # texts (generate) or per-prompt score lists (rank)
     for name in job["chunks"]:
         embeds = load_chunk(folder, name)
-        choices = None if job["choices"] is None else job["choices"][len(texts):len(texts) + len(embeds)]
-        texts.extend(generate_texts(llm, vllm, embeds, job["sampling"], choices, job["lora"]))
-    if len(texts) != job["n_prompts"]:
-        raise RuntimeError(f"{folder}: {len(texts)} answers for {job['n_prompts']} prompts")
-    answers = {"texts": texts, "vllm_version": getattr(vllm, "__version__", None),
-               "engine_start_s": started - start, "generate_s": time.perf_counter() - started}
+        done = len(results)
+        if job["kind"] == "rank":
+            results.extend(score_answers(llm, vllm, embeds, job["answers"][done:done + len(embeds)],
+                                         lora_request(vllm, job["lora"]), first_prompt=done))
+        else:
+            choices = None if job["choices"] is None else job["choices"][done:done + len(embeds)]
+            results.extend(generate_texts(llm, vllm, embeds, job["sampling"], choices, job["lora"]))
+    if len(results) != job["n_prompts"]:
+        raise RuntimeError(f"{folder}: {len(results)} results for {job['n_prompts']} prompts")
+    seconds_key, results_key = ("rank_s", "scores") if job["kind"] == "rank" else ("generate_s", "texts")
+    answers = {"kind": job["kind"], results_key: results, "vllm_version": getattr(vllm, "__version__", None),
+               "engine_start_s": started - start, seconds_key: time.perf_counter() - started}
     write_json(folder / ANSWERS_FILE, answers)
-    logger.info("vLLM worker: %d answers in %.1f s (engine start %.1f s)", len(texts), answers["generate_s"],
-                answers["engine_start_s"])
+    logger.info("vLLM worker: %s job, %d prompts in %.1f s (engine start %.1f s)", job["kind"], len(results),
+                answers[seconds_key], answers["engine_start_s"])
     return answers
 
 
-def read_answers(folder: str | Path, n_prompts: int) -> list[str]:
-    """The worker's answers, one per prompt (its timings: :func:`read_timings`)."""
+def _read_answers_file(folder: str | Path, key: str, n_prompts: int) -> Any:
     path = Path(folder) / ANSWERS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: the vLLM worker wrote no {ANSWERS_FILE}")
     answers = json.loads(path.read_text(encoding="utf-8"))
-    texts = answers["texts"]
-    if len(texts) != n_prompts:
-        raise RuntimeError(f"{path}: {len(texts)} answers for {n_prompts} prompts")
-    logger.info("vLLM worker (vllm %s): engine start %.1f s, generation %.1f s", answers.get("vllm_version"),
-                answers.get("engine_start_s", float("nan")), answers.get("generate_s", float("nan")))
-    return texts
+    if key not in answers:
+        raise RuntimeError(f"{path}: no {key!r} (a {answers.get('kind', 'generate')} job's answers)")
+    values = answers[key]
+    if len(values) != n_prompts:
+        raise RuntimeError(f"{path}: {len(values)} {'answers' if key == 'texts' else key} for {n_prompts} prompts")
+    logger.info("vLLM worker (vllm %s): %s", answers.get("vllm_version"),
+                ", ".join(f"{k} {answers[k]:.1f} s" for k in TIMING_KEYS if k in answers))
+    return values
+
+
+def read_answers(folder: str | Path, n_prompts: int) -> list[str]:
+    """The worker's answers of a generate job, one per prompt (its timings: :func:`read_timings`)."""
+    return _read_answers_file(folder, "texts", n_prompts)
+
+
+def read_scores(folder: str | Path, n_candidates: Sequence[int]) -> list[list[float]]:
+    """The worker's scores of a rank job: per prompt, one float per candidate (``n_candidates[i]`` of them)."""
+    scores = _read_answers_file(folder, "scores", len(n_candidates))
+    for i, (row, size) in enumerate(zip(scores, n_candidates)):
+        if not isinstance(row, list) or len(row) != size or not all(isinstance(v, (int, float)) for v in row):
+            raise RuntimeError(f"{Path(folder) / ANSWERS_FILE}: prompt {i}: expected {size} scores, got {row!r}")
+    return [[float(v) for v in row] for row in scores]
 
 
 def read_timings(folder: str | Path) -> dict[str, float]:
-    """``engine_start_s`` and ``generate_s`` as the worker measured them (``answers.json``)."""
+    """``engine_start_s`` and ``generate_s`` (or ``rank_s``) as the worker measured them (``answers.json``)."""
     answers = json.loads((Path(folder) / ANSWERS_FILE).read_text(encoding="utf-8"))
-    return {key: float(answers[key]) for key in ("engine_start_s", "generate_s") if key in answers}
+    return {key: float(answers[key]) for key in TIMING_KEYS if key in answers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

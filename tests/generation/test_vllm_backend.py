@@ -20,6 +20,7 @@ from llmrec.config import ConfigError
 from llmrec.eval.infer import InferConfig, load_infer_config, resolve_mode
 from llmrec.generation.constraints import candidate_answer_ids
 from llmrec.generation.hf import GenerationSettings
+from llmrec.generation.ranking import shared_prompt_answers
 from llmrec.generation.vllm import (
     VLLMGenerator,
     VLLMSettings,
@@ -30,13 +31,16 @@ from llmrec.generation.vllm import (
     vllm_model_path,
     worker_python,
 )
+from llmrec.generation.vllm_scoring import SCORING_SAMPLING, answer_log_likelihood, mixed_request
 from llmrec.generation.vllm_worker import (
     ANSWERS_FILE,
+    JOB_FILE,
     import_vllm,
     load_chunk,
     main,
     read_answers,
     read_job,
+    read_scores,
     read_timings,
     write_job,
 )
@@ -169,6 +173,113 @@ def test_job_folder_round_trip(tmp_path):
     assert main([]) == 2
 
 
+def test_rank_job_folder_round_trip(tmp_path):
+    chunks = [[torch.randn(3, 4), torch.randn(5, 4)], [torch.randn(2, 4)]]
+    answers = [[[5, 2], [7, 8, 2]], [[1, 2], [3, 2]], [[9, 2], [4, 4, 2]]]
+    write_job(tmp_path, {"model": "m"}, SCORING_SAMPLING, ["tmf", 1, "/a"], iter(chunks), None, kind="rank",
+              answers=answers)
+    job = read_job(tmp_path)
+    assert job["kind"] == "rank" and job["answers"] == answers and job["choices"] is None and job["n_prompts"] == 3
+    assert job["sampling"] == {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False}
+    loaded = [t for name in job["chunks"] for t in load_chunk(tmp_path, name)]
+    assert all(torch.equal(got, want) for got, want in zip(loaded, [t for c in chunks for t in c]))
+    (tmp_path / ANSWERS_FILE).write_text(json.dumps({"kind": "rank", "scores": [[-1.5, -2.0], [-0.5, -3], [0, -1]],
+                                                     "engine_start_s": 1.0, "rank_s": 2.5}))
+    assert read_scores(tmp_path, [2, 2, 2]) == [[-1.5, -2.0], [-0.5, -3.0], [0.0, -1.0]]
+    assert read_timings(tmp_path) == {"engine_start_s": 1.0, "rank_s": 2.5}
+    with pytest.raises(RuntimeError, match="prompt 2: expected 3 scores"):
+        read_scores(tmp_path, [2, 2, 3])
+    with pytest.raises(RuntimeError, match="2 scores for 3 prompts|3 scores for 2 prompts"):
+        read_scores(tmp_path, [2, 2])
+    with pytest.raises(RuntimeError, match="no 'texts' \\(a rank job's answers\\)"):
+        read_answers(tmp_path, 3)
+    # a generate job's folder (as before this job kind existed) still reads as kind generate
+    write_job(tmp_path / "gen", {}, {}, None, iter(chunks), None)
+    assert read_job(tmp_path / "gen")["kind"] == "generate" and read_job(tmp_path / "gen")["answers"] is None
+
+
+def test_rank_jobs_refuse_bad_input(tmp_path):
+    chunks = [[torch.randn(3, 4), torch.randn(5, 4)]]
+    with pytest.raises(ValueError, match="needs answers"):
+        write_job(tmp_path / "a", {}, {}, None, iter(chunks), None, kind="rank")
+    with pytest.raises(ValueError, match="needs answers .* and no choices"):
+        write_job(tmp_path / "b", {}, {}, None, iter(chunks), [["x"], ["y"]], kind="rank", answers=[[[1]], [[2]]])
+    with pytest.raises(ValueError, match="takes no answers"):
+        write_job(tmp_path / "c", {}, {}, None, iter(chunks), None, answers=[[[1]], [[2]]])
+    with pytest.raises(ValueError, match="job kind must be one of"):
+        write_job(tmp_path / "d", {}, {}, None, iter(chunks), None, kind="score")
+    with pytest.raises(ValueError, match="1 candidate answer lists for 2 prompts"):
+        write_job(tmp_path / "e", {}, {}, None, iter(chunks), None, kind="rank", answers=[[[1, 2]]])
+    with pytest.raises(ValueError, match="prompt 1 has no candidate answers"):
+        write_job(tmp_path / "f", {}, {}, None, iter(chunks), None, kind="rank", answers=[[[1, 2]], []])
+    with pytest.raises(ValueError, match="prompt 0, candidate 1: the answer must be a non-empty list"):
+        write_job(tmp_path / "g", {}, {}, None, iter(chunks), None, kind="rank", answers=[[[1, 2], []], [[3]]])
+    write_job(tmp_path / "h", {}, {}, None, iter(chunks), None, kind="rank", answers=[[[1, 2]], [[3]]])
+    job = json.loads((tmp_path / "h" / JOB_FILE).read_text())
+    job["answers"][1] = [[3, -1]]  # a job file edited by hand
+    (tmp_path / "h" / JOB_FILE).write_text(json.dumps(job))
+    with pytest.raises(ValueError, match="prompt 1, candidate 0"):
+        read_job(tmp_path / "h")
+    job["kind"] = "score"
+    (tmp_path / "h" / JOB_FILE).write_text(json.dumps(job))
+    with pytest.raises(ValueError, match="job kind must be one of"):
+        read_job(tmp_path / "h")
+
+
+def test_scoring_requests_append_the_answer_as_token_ids():
+    embeds = torch.randn(4, 6, dtype=torch.float64)
+    request = mixed_request(embeds, [11, 12, 2])
+    assert request["prompt_token_ids"] == [0, 0, 0, 0, 11, 12, 2]
+    assert request["prompt_is_token_ids"] == [False] * 4 + [True] * 3
+    assert request["prompt_embeds"].shape == (7, 6) and request["prompt_embeds"].dtype == torch.float64
+    assert torch.equal(request["prompt_embeds"][:4], embeds) and not request["prompt_embeds"][4:].any()
+    with pytest.raises(ValueError, match="at least one token id"):
+        mixed_request(embeds, [])
+    with pytest.raises(ValueError, match="non-empty \\[L, hidden\\]"):
+        mixed_request(torch.zeros(0, 6), [1])
+    with pytest.raises(RuntimeError, match="no prompt logprobs for prompt 3, candidate 2"):
+        answer_log_likelihood(None, 4, [11, 12, 2], "prompt 3, candidate 2")
+    with pytest.raises(RuntimeError, match="5 prompt logprobs for prompt 0, candidate 1, expected 7"):
+        answer_log_likelihood([None] * 5, 4, [11, 12, 2], "prompt 0, candidate 1")
+    with pytest.raises(RuntimeError, match="no logprob of answer token 0 \\(id 11\\) for prompt 1, candidate 0"):
+        answer_log_likelihood([None] * 7, 4, [11, 12, 2], "prompt 1, candidate 0")
+
+
+def test_rank_jobs_carry_the_prompt_and_answer_ids_hf_ranking_scores(tmf_model, renderer, hard_prompts, tmp_path):
+    """The rank job holds, per prompt, the embeddings of the prompt HF ranking scores after (the history cut once,
+    for the longest answer) and the answer ids it sums (answer + end token), here with truncated prompts."""
+    from llmrec.tmf.collator import TMFCollator
+
+    prompts = hard_prompts[:5]
+    full = TMFCollator(tmf_model.tokenizer, renderer, None, padding_side="right", with_answer=True)
+    max_length = max(len(full.encode(p).input_ids) for p in prompts) - 6
+    prompt_collator = TMFCollator(tmf_model.tokenizer, renderer, max_length, padding_side="left", with_answer=False)
+    answer_collator = TMFCollator(tmf_model.tokenizer, renderer, max_length, padding_side="right", with_answer=True)
+    generator = VLLMGenerator(tmf_model, prompt_collator, None, GenerationSettings(),
+                              VLLMSettings(chunk_size=2, dtype="float32"),
+                              answer_collator=answer_collator, llm=NOT_STARTED)
+    shared = [shared_prompt_answers(p, answer_collator, renderer) for p in prompts]
+    assert answer_collator.truncations > 0  # some prompts lost history items, as HF ranking's would
+    generator.write_rank_job(tmp_path, shared, batch_size=3)
+    job = read_job(tmp_path)
+    assert job["kind"] == "rank" and job["sampling"] == SCORING_SAMPLING and len(job["chunks"]) == 3
+    embeds = [t for name in job["chunks"] for t in load_chunk(tmp_path, name)]
+    for i, (prompt, (fitted, length, answers)) in enumerate(zip(prompts, shared)):
+        assert job["answers"][i] == answers == candidate_answer_ids(fitted, answer_collator)
+        assert all(ids[-1] == answer_collator.eos_id for ids in answers)
+        batch = answer_collator([dataclasses.replace(fitted, answer=renderer.item_name(prompt.candidates[0]))])
+        with torch.no_grad():
+            want = tmf_model.embed_inputs(batch)[0, :length]  # what HF ranking feeds before the answers
+        assert embeds[i].shape[0] == length
+        torch.testing.assert_close(embeds[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_ranking_needs_an_answer_collator(tmf_model, collator_pair, hard_prompts):
+    generator = VLLMGenerator(tmf_model, collator_pair[0], None, llm=NOT_STARTED)
+    with pytest.raises(ValueError, match="vLLM ranking needs answer_collator"):
+        generator.rank(hard_prompts, progress=False)
+
+
 def test_a_failing_worker_is_reported_with_its_log(tmf_model, collator_pair, hard_prompts, tmp_path):
     fake_python = tmp_path / "python"
     fake_python.write_text("#!/bin/sh\necho \"engine exploded on $3\" >&2\nexit 3\n")
@@ -178,6 +289,10 @@ def test_a_failing_worker_is_reported_with_its_log(tmf_model, collator_pair, har
     assert generator.python == str(fake_python)
     with pytest.raises(RuntimeError, match=r"exited with 3(.|\n)*engine exploded on .*llmrec-vllm-job-"):
         generator.generate(hard_prompts[:2], progress=False)
+    ranker = VLLMGenerator(tmf_model, collator_pair[0], None, engine=VLLMSettings(python=str(fake_python)),
+                           answer_collator=collator_pair[1])
+    with pytest.raises(RuntimeError, match=r"exited with 3(.|\n)*engine exploded on .*llmrec-vllm-job-"):
+        ranker.rank(hard_prompts[:2], progress=False)
 
 
 def test_worker_python(tmp_path, monkeypatch):

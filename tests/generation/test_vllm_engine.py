@@ -7,7 +7,9 @@ adapter made non-zero on purpose (a fresh PEFT adapter is the identity: B = 0). 
 runs them in ``.venv-vllm``; ``make test`` (``.venv``, no vLLM) skips them. An engine start costs minutes on this
 CPU, so two are started per session: one in this process on the merged weights (``merge_lora: true``, the
 default), shared by the tests through ``merged_generator``, and one in a worker process (the path ``llmrec infer``
-takes from ``.venv``) on the base weights + ``LoRARequest`` (``merge_lora: false``).
+takes from ``.venv``) on the base weights + ``LoRARequest`` (``merge_lora: false``). Candidate ranking
+(``VLLMGenerator.rank``, scores from ``prompt_logprobs`` of mixed prompts) runs on the merged engine against HF's packed
+ranking.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,3 +183,65 @@ def test_lora_request_in_a_worker_process_gives_the_same_answers(smol_tmf, smol_
     texts = generator.generate(hard_prompts, batch_size=2, progress=False)
     assert texts == vllm_answers
     assert [first_line(t) for t in texts] == [first_line(t) for t in hf_answers]
+
+
+# ----------------------------------------------------------------------------- candidate ranking
+RANK_TOLERANCE = 1e-3
+"""Max |vLLM - HF| per summed answer log-likelihood (fp32 both; bench/vllm_score_probe.py measured 4.7e-5)."""
+
+
+@pytest.fixture(scope="session")
+def hf_scores(smol_tmf, smol_collators, chat_renderer, hard_prompts):
+    """HF packed ranking (generation/ranking.py), fp32: the reference."""
+    from llmrec.generation.ranking import candidate_log_likelihoods
+
+    return candidate_log_likelihoods(smol_tmf, smol_collators[1], chat_renderer, hard_prompts, batch_size=10,
+                                     progress=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_scores(merged_generator, hard_prompts):
+    return merged_generator.rank(hard_prompts, batch_size=3, progress=False)
+
+
+def test_rank_scores_equal_the_hf_ranking(smol_tmf, smol_collators, chat_renderer, hard_prompts, hf_scores,
+                                          vllm_scores):
+    from llmrec.generation.ranking import candidate_log_likelihoods
+
+    assert vllm_scores.shape == hf_scores.shape == (len(hard_prompts), len(hard_prompts[0].candidates))
+    difference = float(np.abs(vllm_scores - hf_scores).max())
+    print(f"\nvLLM vs HF ranking: max |score difference| {difference:.3g} over {vllm_scores.size} candidates")
+    assert difference < RANK_TOLERANCE
+    assert (vllm_scores.argmax(1) == hf_scores.argmax(1)).all()
+    assert float(hf_scores.std(1).min()) > 0.1  # candidates really differ, so the arg-max is meaningful
+    with smol_tmf.peft_model.disable_adapter():
+        base = candidate_log_likelihoods(smol_tmf, smol_collators[1], chat_renderer, hard_prompts, batch_size=10,
+                                         progress=False)
+    assert float(np.abs(base - hf_scores).max()) > 100 * RANK_TOLERANCE  # an engine ignoring the LoRA would fail
+
+
+def test_rank_scores_do_not_depend_on_chunk_or_batch_size(smol_tmf, smol_collators, smol_checkpoint,
+                                                          merged_generator, hard_prompts, vllm_scores, merged_cache,
+                                                          monkeypatch):
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(merged_cache))
+    other = VLLMGenerator(smol_tmf, smol_collators[0], smol_checkpoint, merged_generator.settings,
+                          engine_settings(chunk_size=1), answer_collator=smol_collators[1], llm=merged_generator.llm)
+    scores = other.rank(hard_prompts, batch_size=1, progress=False)
+    np.testing.assert_allclose(scores, vllm_scores, rtol=0, atol=1e-4)
+    assert other.last_timings["engine_start_s"] < 1.0 and other.last_timings["rank_s"] > 0
+
+
+def test_rank_job_through_the_worker_code_gives_the_same_scores(merged_generator, hard_prompts, smol_collators,
+                                                                chat_renderer, vllm_scores, tmp_path):
+    """A rank job folder, as VLLMGenerator writes it for the worker, answered by the worker's run_job on the shared
+    engine (the worker process itself is the one of test_lora_request_in_a_worker_process_gives_the_same_answers)."""
+    from llmrec.generation.ranking import shared_prompt_answers
+    from llmrec.generation.vllm_worker import read_scores, read_timings, run_job
+
+    shared = [shared_prompt_answers(p, smol_collators[1], chat_renderer) for p in hard_prompts]
+    merged_generator.write_rank_job(tmp_path, shared, batch_size=2)
+    answers = run_job(tmp_path, llm=merged_generator.llm)
+    assert answers["kind"] == "rank" and answers["rank_s"] > 0
+    scores = read_scores(tmp_path, [len(p.candidates) for p in hard_prompts])
+    np.testing.assert_allclose(np.array(scores), vllm_scores, rtol=0, atol=1e-4)
+    assert set(read_timings(tmp_path)) == {"engine_start_s", "rank_s"}
