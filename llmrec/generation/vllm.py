@@ -45,6 +45,7 @@ Outputs")::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -321,21 +322,27 @@ class VLLMGenerator:
         requests = prompt_embeds_requests(self.model, self.collator, prompts, batch_size, self.embed_dtype)
         return [r["prompt_embeds"] for r in requests]
 
+    @contextlib.contextmanager
+    def _engine_call(self) -> Iterator[None]:
+        """The TMF model in eval mode (restored afterwards) and the engine's CPU KV cache size set."""
+        was_training = self.model.training
+        self.model.eval()
+        set_cpu_kvcache(self.engine.cpu_kvcache_gib)
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     def generate(self, prompts: Sequence[Any], batch_size: int = 8, progress: bool = True) -> list[str]:
         """Decoded first lines, one per prompt, in order (``batch_size``: prompts per embedding forward pass)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        was_training = self.model.training
-        self.model.eval()
-        set_cpu_kvcache(self.engine.cpu_kvcache_gib)
         start = time.perf_counter()
-        try:
+        with self._engine_call():
             if self.python is None:
                 texts = self._generate_here(prompts, batch_size, progress)
             else:
                 texts = self._generate_in_worker(prompts, batch_size, progress)
-        finally:
-            self.model.train(was_training)
         logger.info("%s generated %d answers in %.1f s", self.where(), len(texts), time.perf_counter() - start)
         return texts
 
@@ -389,18 +396,13 @@ class VLLMGenerator:
         sizes = {len(p.candidates) for p in prompts}
         if len(sizes) > 1:
             raise ValueError(f"every prompt needs the same number of candidates, got sizes {sorted(sizes)}")
-        was_training = self.model.training
-        self.model.eval()
-        set_cpu_kvcache(self.engine.cpu_kvcache_gib)
         start = time.perf_counter()
-        try:
+        with self._engine_call():
             shared = [shared_prompt_answers(p, self.answer_collator, self.answer_collator.renderer) for p in prompts]
             if self.python is None:
                 scores = self._rank_here(shared, batch_size, progress)
             else:
                 scores = self._rank_in_worker(shared, batch_size, progress)
-        finally:
-            self.model.train(was_training)
         logger.info("%s scored %d candidates of %d prompts in %.1f s", self.where(), sum(map(len, scores)),
                     len(scores), time.perf_counter() - start)
         return np.asarray(scores, dtype=np.float32).reshape(len(prompts), sizes.pop() if sizes else 0)
