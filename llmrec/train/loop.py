@@ -60,6 +60,8 @@ from llmrec.train.schedule import (
     learning_rate,
     mixed_precision,
     plan_epoch,
+    steps_per_epoch,
+    title_token_counts,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,12 +109,11 @@ class Trainer:
         self.samples = {k: list(train[k]) for k in ("history_items", "history_behaviors")}
         c = cfg.train_candidates
         self.candidates = load_candidates(dataset, "train", sampler=c.sampler, size=c.size, seed=c.seed)
-        title_ids = model.tokenizer(self.renderer.item_names, add_special_tokens=False)["input_ids"]
-        title_tokens = np.array([len(ids) for ids in title_ids], dtype=np.int64)
+        title_tokens = title_token_counts(model.tokenizer, self.renderer.item_names)
         self.lengths = estimate_prompt_lengths(self.samples, self.candidates.items, title_tokens)
         self.micro_per_step = acc.num_processes * cfg.gradient_accumulation_steps
         n_micro = math.ceil(len(self.lengths) / cfg.batch_size)
-        self.steps_per_epoch = n_micro // self.micro_per_step
+        self.steps_per_epoch = steps_per_epoch(len(self.lengths), cfg.batch_size, self.micro_per_step)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.lengths)} training rows make {n_micro} micro-batches of {cfg.batch_size}, "
                              f"fewer than one optimizer step needs ({self.micro_per_step})")

@@ -39,10 +39,35 @@ def plan_epoch(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, grou
     return batches
 
 
+def steps_per_epoch(n_rows: int, batch_size: int, micro_per_step: int) -> int:
+    """Whole optimizer steps in one epoch: the micro-batches that do not fill a last step are skipped."""
+    return math.ceil(n_rows / batch_size) // micro_per_step
+
+
+def rows_seen(lengths: np.ndarray, batch_size: int, micro_per_step: int, seed: int, group_size: int | None,
+              steps: int) -> np.ndarray:
+    """How often each row entered the first ``steps`` optimizer steps: the loop's epoch plans replayed (each step
+    takes the next ``micro_per_step`` micro-batches of its epoch's plan, an epoch ends after its whole steps)."""
+    per_epoch = steps_per_epoch(len(lengths), batch_size, micro_per_step)
+    counts = np.zeros(len(lengths), dtype=np.int64)
+    epoch, left = 0, steps
+    while left > 0 and per_epoch > 0:
+        taken = min(left, per_epoch)
+        for rows in plan_epoch(lengths, batch_size, seed, epoch, group_size)[:taken * micro_per_step]:
+            counts[rows] += 1
+        left, epoch = left - taken, epoch + 1
+    return counts
+
+
 def mixed_precision(precision: str) -> str:
     """accelerate's ``mixed_precision`` value for ``precision`` on this machine (GPU if present, else CPU)."""
     resolved = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolved]
+
+
+def title_token_counts(tokenizer: Any, names: list[str]) -> np.ndarray:
+    """Tokens of each item name (no special tokens), the unit of :func:`estimate_prompt_lengths`."""
+    return np.array([len(ids) for ids in tokenizer(names, add_special_tokens=False)["input_ids"]], dtype=np.int64)
 
 
 def estimate_prompt_lengths(samples: dict[str, list], candidates: np.ndarray, title_tokens: np.ndarray) -> np.ndarray:

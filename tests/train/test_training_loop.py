@@ -20,7 +20,7 @@ from llmrec.train import checkpoint as ckpt
 from llmrec.train.config import OptimizerSettings, load_train_config
 from llmrec.train.curriculum import CurriculumSampler
 from llmrec.train.loop import Trainer, train
-from llmrec.train.schedule import learning_rate, plan_epoch
+from llmrec.train.schedule import learning_rate, plan_epoch, rows_seen
 
 
 def tiny_config(tmp_path, lm_dir, name="run", *overrides):
@@ -49,6 +49,29 @@ def test_plan_epoch_is_seeded_covers_every_row_and_groups_lengths():
         return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in p)
 
     assert padding(plan) < 0.5 * padding(random_plan)
+
+
+def test_rows_seen_replays_the_rows_the_trainer_consumes(tmp_path, tiny_lm_dir, shop, tables):
+    """bench/train_fit.py splits training rows into seen / unseen with rows_seen: it must name exactly the rows
+    the loop's micro-batches take, across an epoch boundary (the loop itself drives the plan; no forward pass)."""
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "seen", "batch_size=32", "gradient_accumulation_steps=2", "eval.every=-1")
+    trainer = Trainer(cfg, shop, tables)
+    steps = trainer.steps_per_epoch + 3
+    taken = np.zeros(len(trainer.lengths), dtype=np.int64)
+    for step in range(steps):
+        for micro in range(cfg.gradient_accumulation_steps):
+            batch = trainer.micro_batch(step, micro)
+            rows = trainer.plan[trainer.position + micro]
+            assert len(batch["tasks"]) == len(rows)
+            taken[rows] += 1
+        trainer._advance()
+    assert trainer.epoch == steps // trainer.steps_per_epoch >= 1 and taken.max() >= 2  # later epochs entered
+    replay = rows_seen(trainer.lengths, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed,
+                       cfg.length_group_size, steps)
+    assert np.array_equal(replay, taken)
+    other_seed = rows_seen(trainer.lengths, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed + 1,
+                           cfg.length_group_size, steps)
+    assert not np.array_equal(replay, other_seed)  # the replay depends on the plan, not only on the counts
 
 
 def test_learning_rate_warms_up_then_decays_to_min():
