@@ -103,13 +103,16 @@ ROW_CHANGES = {
     "ablations/behavior_tokens_shop.yaml": {"curriculum.tasks": ["easy", "medium"]},
     "ablations/item_tokens_amsa_shop.yaml": {"model.fusion.use_cma": False},
     "ablations/no_curriculum_shop.yaml": {"curriculum.fixed_task": "hard"},
+    "ablations/image_off_shop.yaml": {"model.masked_modalities": ["image"]},
+    "ablations/text_off_shop.yaml": {"model.masked_modalities": ["text"]},
+    "ablations/graph_off_shop.yaml": {"model.masked_modalities": ["graph"]},
     "baselines/llara_shop.yaml": {"graph_config": "configs/graph/sasrec_shop.yaml", "model.fusion.enabled": False,
                                   "curriculum.tasks": ["easy", "hard"], "prompts.behavior_slots": False},
 }
 # The ML-100k table: the same rows against tmf_full_ml100k.yaml (no images there: no separate AMSA-only row).
 ROW_CHANGES.update({
     name.replace("_shop", "_ml100k"): {k: (v.replace("_shop", "_ml100k") if isinstance(v, str) else v) for k, v in change.items()}
-    for name, change in ROW_CHANGES.items() if "item_tokens_amsa" not in name
+    for name, change in ROW_CHANGES.items() if "item_tokens_amsa" not in name and "_off_" not in name
 })
 
 

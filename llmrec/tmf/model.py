@@ -90,8 +90,17 @@ class ModelConfig:
     match_token_scale: bool = False
     """End each adaptor with an RMSNorm whose gain starts at the RMS of the LLM's token embeddings
     (not in the paper, which uses a plain MLP; helps small LLMs whose embeddings are far from unit scale)."""
+    masked_modalities: list[str] = field(default_factory=list)
+    """Item modalities (``image``, ``text``, ``graph``) masked out of the fusion in training and at inference: an
+    ablation row trained without them (issue 11); ``graph`` masks the item-level graph embedding only, behavior
+    slots keep the graph encoder's behavior embeddings. Empty (default): every modality the tables have."""
 
     def validate(self) -> None:
+        unknown = sorted(set(self.masked_modalities) - set(MODALITIES))
+        if unknown or len(set(self.masked_modalities)) != len(self.masked_modalities):
+            raise ConfigError(f"masked_modalities {self.masked_modalities}: each of {list(MODALITIES)} at most once")
+        if len(self.masked_modalities) == len(MODALITIES):
+            raise ConfigError("masked_modalities: at least one modality must stay (got all three)")
         if self.adaptor_hidden_dim is not None and self.adaptor_hidden_dim < 1:
             raise ConfigError(f"adaptor_hidden_dim must be positive or null, got {self.adaptor_hidden_dim}")
         if not 0.0 <= self.adaptor_dropout < 1.0:
@@ -214,6 +223,8 @@ class TMFModel(nn.Module):
         self.table_description = tables.description()
         dims = tables.dims()
         self._register_tables(tables, dims)
+        if cfg.masked_modalities:
+            self._mask_modalities_for_training(cfg.masked_modalities)
         self.fusion = ModalityFusion(cfg.fusion, dims["image"], dims["text"], dims["graph"])
         scale = _token_embedding_rms(self.causal_lm) if cfg.match_token_scale else None
         self.item_adaptor = MLPAdaptor(self.fusion.fused_dim, hidden, cfg.adaptor_hidden_dim, cfg.adaptor_dropout,
@@ -225,6 +236,17 @@ class TMFModel(nn.Module):
                     self.vocab_size, {k: sum(p.numel() for p in v) for k, v in self.parameter_groups().items()})
 
     # ------------------------------------------------------------------ tables
+    def _mask_modalities_for_training(self, names: list[str]) -> None:
+        """``cfg.masked_modalities``: as :meth:`drop_modalities`, refusing to leave an item with no modality."""
+        present = [m for m, any_item in zip(MODALITIES, self.modality_mask_table.any(dim=0).tolist()) if any_item]
+        had_any = self.modality_mask_table.any(dim=1)
+        self.drop_modalities(names)
+        emptied = int((had_any & ~self.modality_mask_table.any(dim=1)).sum())
+        if emptied:
+            raise ValueError(f"masked_modalities {names}: {emptied} items would have no modality left (the tables "
+                             f"have {present}); keep at least one modality that every item has")
+        logger.info("modalities %s masked out of the fusion (model.masked_modalities)", names)
+
     def drop_modalities(self, names: list[str] | tuple[str, ...]) -> None:
         """Mask the modalities ``names`` out of every item's fusion input (an inference-time ablation).
 

@@ -12,7 +12,8 @@ from adapters.fusion import FusionConfig, item_attention_mask
 from llmrec.data.candidates import load_candidates
 from llmrec.tmf.collator import TMFCollator
 from llmrec.tmf.lm import LMConfig, resolve_source
-from llmrec.tmf.model import ADAPTORS_FILE, ModalityTables, TMFModel
+from llmrec.config import ConfigError, load_config
+from llmrec.tmf.model import ADAPTORS_FILE, ModalityTables, ModelConfig, TMFModel
 from llmrec.tmf.prompts.render import PromptConfig, PromptRenderer
 
 
@@ -175,6 +176,40 @@ def test_missing_image_modality_is_masked_not_a_crash(shop, renderer, tokenizer,
     assert not model.modality_mask_table[:, 0].any() and model.modality_mask_table[:, 1:].all()
     loss = model(shop_batch(shop, renderer, tokenizer, ["hard"] * 3)).loss
     assert torch.isfinite(loss)
+
+
+def test_masked_modalities_train_without_a_modality_and_survive_a_reload(shop, renderer, tokenizer, tiny_lm_dir,
+                                                                        tables, tmp_path):
+    """model.masked_modalities: the image table no longer reaches the loss (other image rows, same loss), unlike
+    the unmasked model; the setting is saved with the checkpoint, so the reloaded model is masked too."""
+    from tmf_testkit import random_tables
+
+    batch = shop_batch(shop, renderer, tokenizer, ["hard"] * 3)
+    other_images = ModalityTables(text=tables.text, graph=tables.graph,
+                                  image=random_tables(shop.n_items, shop.n_behaviors, seed=7).image)
+    losses = {}
+    for masked in ([], ["image"]):
+        for name, tabs in (("a", tables), ("b", other_images)):
+            with torch.no_grad():
+                losses[(tuple(masked), name)] = make_model(tiny_lm_dir, tabs, masked_modalities=masked)(batch).loss
+    assert not torch.equal(losses[((), "a")], losses[((), "b")])  # images matter to the unmasked model
+    assert torch.equal(losses[(("image",), "a")], losses[(("image",), "b")])
+    masked = make_model(tiny_lm_dir, tables, masked_modalities=["image"])
+    assert not masked.modality_mask_table[:, 0].any() and masked.modality_mask_table[:, 1:].all()
+    masked.save_pretrained(tmp_path / "ckpt")
+    reloaded = TMFModel.from_pretrained(tmp_path / "ckpt", tables)
+    assert reloaded.cfg.masked_modalities == ["image"] and not reloaded.modality_mask_table[:, 0].any()
+
+
+def test_masked_modalities_are_validated(tiny_lm_dir, shop):
+    from tmf_testkit import random_tables
+
+    for bad in (["image", "image"], ["sound"], ["image", "text", "graph"]):
+        with pytest.raises(ConfigError, match="masked_modalities"):
+            load_config(ModelConfig, None, [f"masked_modalities=[{','.join(bad)}]"])
+    no_images = random_tables(shop.n_items, shop.n_behaviors, image=False)  # ML-100k-like: text + graph
+    with pytest.raises(ValueError, match="no modality left"):
+        make_model(tiny_lm_dir, no_images, masked_modalities=["text", "graph"])
 
 
 def test_behavior_slots_without_behavior_table_fail_clearly(shop, renderer, tokenizer, tiny_lm_dir, tables):

@@ -1,0 +1,64 @@
+"""Do two ranking prediction files agree? The reproducibility check of issue 11 (a row's command run twice).
+
+    python bench/compare_predictions.py A.jsonl B.jsonl [--out bench/out/compare.json]
+
+Both files are ``llmrec infer mode=rank`` outputs (one JSON line per user with ``scores``). Users are matched on
+``(split, row, user)``; both files must hold the same users with the same candidates, else the script stops and
+names the first mismatch. Prints HR@1 of each, how many users get the same arg-max, how many have bit-identical
+score vectors, and the largest absolute score difference; ``--out`` also saves them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def read(path: Path) -> dict[tuple, dict]:
+    records = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        record = json.loads(line)
+        if "scores" not in record:
+            raise SystemExit(f"{path}:{number}: no 'scores' (not a mode=rank prediction file)")
+        records[(record["split"], record["row"], record["user"])] = record
+    return records
+
+
+def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> dict:
+    if a.keys() != b.keys():
+        only = min(a.keys() ^ b.keys())
+        raise SystemExit(f"{names[0]} and {names[1]} hold different users: e.g. (split, row, user) {only}")
+    keys = sorted(a)
+    for key in keys:
+        if [c["item_id"] for c in a[key]["candidates"]] != [c["item_id"] for c in b[key]["candidates"]]:
+            raise SystemExit(f"(split, row, user) {key}: the candidates differ between {names[0]} and {names[1]}")
+    sa = np.array([a[k]["scores"] for k in keys])
+    sb = np.array([b[k]["scores"] for k in keys])
+    target = np.array([a[k]["target_index"] for k in keys])
+    return {"a": names[0], "b": names[1], "n_users": len(keys),
+            "HR@1_a": float((sa.argmax(1) == target).mean()), "HR@1_b": float((sb.argmax(1) == target).mean()),
+            "same_argmax": int((sa.argmax(1) == sb.argmax(1)).sum()),
+            "identical_scores": int((sa == sb).all(axis=1).sum()),
+            "max_abs_score_diff": float(np.abs(sa - sb).max())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = compare(read(args.a), read(args.b), (str(args.a), str(args.b)))
+    print(json.dumps(result, indent=1))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
