@@ -9,7 +9,8 @@ Rows (configs, one per row; each differs from full TMF only in its own keys, tes
 
 * LLM rows: ``configs/ablations/*_<dataset>.yaml`` and ``configs/baselines/llara_<dataset>.yaml`` (ML-100k has no
   images, so its '+ item tokens (AMSA)' row is its full TMF and there is no separate CMA row). A row counts once its
-  run reached ``max_steps`` (``--train`` runs ``train.py --config ... [--resume auto]`` for the others, one after
+  run reached ``max_steps`` (the shop also has full TMF trained without the image, text or graph modality,
+  ``configs/ablations/{image,text,graph}_off_shop.yaml``; ``--train`` runs ``train.py --config ... [--resume auto]`` for the others, one after
   the other). Each finished row is scored with its last checkpoint on every test user: candidate ranking by
   answer log-likelihood (HR@1, HR@3, NDCG@3), free greedy generation and constrained generation on a seeded
   subset of ``--generate-users`` (HitRate@1 as correct/total and correct/valid, ValidRatio);
@@ -68,6 +69,9 @@ EXPERIMENTS = {
             "full TMF (AMSA + CMA)": "configs/ablations/tmf_full_shop.yaml",
             "full TMF, no curriculum": "configs/ablations/no_curriculum_shop.yaml",
             "LLaRA": "configs/baselines/llara_shop.yaml",
+            "full TMF, trained without image": "configs/ablations/image_off_shop.yaml",
+            "full TMF, trained without text": "configs/ablations/text_off_shop.yaml",
+            "full TMF, trained without graph": "configs/ablations/graph_off_shop.yaml",
         },
         "table3": ["text-only LLM", "+ behavior tokens", "+ item tokens (AMSA)", "full TMF (AMSA + CMA)"],
         "full": "full TMF (AMSA + CMA)",
