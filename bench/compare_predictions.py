@@ -1,10 +1,11 @@
 """Do two ranking prediction files agree? The reproducibility check of issue 11 (a row's command run twice).
 
-    python bench/compare_predictions.py A.jsonl B.jsonl [--out bench/out/compare.json]
+    python bench/compare_predictions.py A.jsonl B.jsonl [--common-users] [--out bench/out/compare.json]
 
 Both files are ``llmrec infer mode=rank`` outputs (one JSON line per user with ``scores``). Users are matched on
-``(split, row, user)``; both files must hold the same users with the same candidates, else the script stops and
-names the first mismatch. Prints HR@1 of each, how many users get the same arg-max, how many have bit-identical
+``(split, row, user)``; both files must hold the same users (or, with ``--common-users``, the users they share:
+e.g. a seeded subset rescored against a full run) with the same candidates, else the script stops and names the
+first mismatch. Prints HR@1 of each, how many users get the same arg-max, how many have bit-identical
 score vectors, and the largest absolute score difference; ``--out`` also saves them as JSON.
 """
 
@@ -28,7 +29,12 @@ def read(path: Path) -> dict[tuple, dict]:
     return records
 
 
-def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> dict:
+def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str], common: bool = False) -> dict:
+    if common:
+        shared = a.keys() & b.keys()
+        if not shared:
+            raise SystemExit(f"{names[0]} and {names[1]} share no (split, row, user)")
+        a, b = {k: a[k] for k in shared}, {k: b[k] for k in shared}
     if a.keys() != b.keys():
         only = min(a.keys() ^ b.keys())
         raise SystemExit(f"{names[0]} and {names[1]} hold different users: e.g. (split, row, user) {only}")
@@ -50,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
+    parser.add_argument("--common-users", action="store_true", help="compare on the users both files hold")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = compare(read(args.a), read(args.b), (str(args.a), str(args.b)))
+    result = compare(read(args.a), read(args.b), (str(args.a), str(args.b)), args.common_users)
     print(json.dumps(result, indent=1))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
