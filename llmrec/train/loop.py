@@ -53,6 +53,7 @@ from llmrec.train import checkpoint as ckpt
 from llmrec.train.config import TRAIN_CONFIG_FILE, TrainConfig, evaluation_task
 from llmrec.train.curriculum import CurriculumConfig, CurriculumSampler
 from llmrec.train.memory import release_freed_memory, resident_memory
+from llmrec.train.provenance import begin_segment
 from llmrec.train.schedule import (
     configure_deepspeed,
     estimate_prompt_lengths,
@@ -145,6 +146,7 @@ class Trainer:
         self.step = self.epoch = self.position = 0
         self.plan: list[np.ndarray] | None = None
         self.eval_history: list[dict[str, Any]] = []
+        self.provenance: list[dict[str, Any]] = []  # one record per start / resume (llmrec.train.provenance)
         self._eval_prompts: list[Any] | None = None
         self.metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
 
@@ -222,6 +224,8 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         if resume is not None:
             self.resume(resume)
+        self.provenance = begin_segment(self.provenance, self.step, str(acc.mixed_precision), acc.num_processes,
+                                        str(cfg.output_dir))
         if acc.is_main_process:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             save_config(cfg, Path(cfg.output_dir) / TRAIN_CONFIG_FILE)
@@ -306,7 +310,7 @@ class Trainer:
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
                 "world_size": self.accelerator.num_processes, "curriculum": self.curriculum.state_dict(),
                 "dataset_fingerprint": getattr(self.dataset, "fingerprint", None),
-                "rng": ckpt.capture_rng_state(), "eval_history": self.eval_history,
+                "rng": ckpt.capture_rng_state(), "eval_history": self.eval_history, "provenance": self.provenance,
                 "collator": {"truncations": self.collator.truncations,
                              "dropped_history_items": self.collator.dropped_history_items}}
 
@@ -377,6 +381,7 @@ class Trainer:
                              f"curriculum.t1={saved['t1']} curriculum.total={saved['total']}") from None
         self.step, self.epoch, self.position, self.plan = state["step"], state["epoch"], state["position"], None
         self.eval_history = list(state.get("eval_history", []))
+        self.provenance = list(state.get("provenance", []))  # absent in checkpoints written before 2026-12-05
         self.collator.truncations = state.get("collator", {}).get("truncations", 0)
         self.collator.dropped_history_items = state.get("collator", {}).get("dropped_history_items", 0)
         self._truncate_metrics(self.step)

@@ -113,6 +113,34 @@ def test_resume_continues_the_run_exactly(tmp_path, tiny_lm_dir, shop, tables):
     assert [r["loss"] for r in lines_a] == [r["loss"] for r in lines_b]
 
 
+def test_provenance_records_each_segment_and_warns_when_a_resume_changes_threads(tmp_path, tiny_lm_dir, shop, tables,
+                                                                                  caplog):
+    """Every checkpoint says which code, libraries, precision and thread count produced it, one record per start or
+    resume; a resume with another thread count (floating-point sums change) is logged as a warning."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "prov", "save_every=2", "eval.every=-1")
+    first = train(cfg, shop, tables, stop_after=2)
+    threads = torch.get_num_threads()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    torch.set_num_threads(threads + 1)
+    try:
+        with caplog.at_level("WARNING", logger="llmrec.train.provenance"):
+            last = train(cfg, shop, tables, resume="auto")
+    finally:
+        torch.set_num_threads(threads)
+    (one,) = json.loads((first / ckpt.STATE_FILE).read_text())["provenance"]
+    segments = json.loads((last / ckpt.STATE_FILE).read_text())["provenance"]
+    assert [s["from_step"] for s in segments] == [0, 2] and segments[0] == one
+    assert [s["torch_threads"] for s in segments] == [threads, threads + 1]
+    assert one["versions"]["torch"] == torch.__version__ and one["precision"] == "no"  # fp32: accelerate's "no"
+    commit = one["code"]["commit"]
+    assert commit is None or (len(commit) == 40 and isinstance(one["code"]["dirty"], bool))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"torch_threads: {threads} -> {threads + 1}" in m for m in warnings), warnings
+
+
 def test_resume_refuses_a_checkpoint_of_another_dataset_version(tmp_path, tiny_lm_dir, shop, tables):
     import dataclasses
 
