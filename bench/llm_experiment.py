@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                                             (checkpoint.parents[1] / "metrics.jsonl").read_text().splitlines()) / 60,
                        "generate": evaluate_predictions(read_predictions(files["generate"])),
                        "constrained": evaluate_predictions(read_predictions(files["constrained"])),
-                       "validation_curve": curve}
+                       "validation_curve": curve,
+                       "provenance": state.get("provenance")}  # code, versions, threads per run segment
         scores[name] = files["rank"]
     for name, config in conventional.items():
         run_dir = ensure_graph_run(ROOT / config, dataset, predictions=((SPLIT, PROTOCOL),))
