@@ -95,16 +95,21 @@ def rules_only(recipe: str, out: Path) -> int:
     """Recompute the rule columns of an existing report (same rows), keep the model's numbers."""
     path = out / f"train_fit-{Path(recipe).stem}.json"
     report = json.loads(path.read_text(encoding="utf-8"))
-    dataset, _ = ensure_inputs(load_train_config(ROOT / recipe))
     cfg = load_train_config(ROOT / recipe)
+    dataset, _ = ensure_inputs(cfg)
     for group in report["groups"].values():
         split = group["split"]
         group["rules_HR@1"] = rule_hit_rates(dataset, split, candidate_set(dataset, cfg, split), np.array(group["rows"]))
+    write_report(report, path)
+    return 0
+
+
+def write_report(report: dict, path: Path) -> None:
+    """``path`` (JSON) and its ``.md`` sibling; prints the markdown."""
     write_json(path, report, indent=1)
     markdown = render_markdown(report)
     path.with_suffix(".md").write_text(markdown, encoding="utf-8")
     print(markdown)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               "precision": "bf16 autocast" if autocast is not None else "fp32",
               "cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch_threads": torch.get_num_threads(), "groups": results, "seconds": time.perf_counter() - started}
-    out = ROOT / args.out
-    stem = f"train_fit-{Path(args.recipe).stem}"
-    write_json(out / f"{stem}.json", report, indent=1)
-    markdown = render_markdown(report)
-    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_report(report, ROOT / args.out / f"train_fit-{Path(args.recipe).stem}.json")
     return 0
 
 
