@@ -1,0 +1,106 @@
+"""The fused LoRA forward (llmrec.tmf.fused_lora) against PEFT's own, on a tiny random Llama with real PEFT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
+from tmf_testkit import tiny_model_config
+
+from llmrec.data.candidates import load_candidates
+from llmrec.tmf.collator import TMFCollator
+from llmrec.tmf.fused_lora import FusedLoraLinear
+from llmrec.tmf.model import TMFModel
+from llmrec.tmf.prompts.render import PromptConfig, PromptRenderer
+
+
+@pytest.fixture(scope="module")
+def batch(shop, tokenizer):
+    renderer = PromptRenderer(PromptConfig(), shop)
+    train = shop.samples["train"]
+    cands = load_candidates(shop, "train", size=5)
+    prompts = [renderer.render(train[r]["history_items"], train[r]["history_behaviors"], cands.items[r],
+                               int(cands.target_index[r]), task, np.random.default_rng(r))
+               for r, task in zip((0, 1, 2), ("easy", "medium", "hard"))]
+    return TMFCollator(tokenizer, renderer, max_length=None)(prompts)
+
+
+def models(tiny_lm_dir, tables, dropout: float = 0.0) -> tuple[TMFModel, TMFModel]:
+    """(PEFT's forward, fused forward), the same weights, LoRA B made non-zero (PEFT starts it at zero)."""
+    pair = []
+    for fused in (False, True):
+        cfg = tiny_model_config(tiny_lm_dir)
+        cfg.lora.fused, cfg.lora.dropout = fused, dropout
+        torch.manual_seed(0)
+        model = TMFModel(cfg, tables).train()
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+        pair.append(model)
+    return pair[0], pair[1]
+
+
+def loss_and_grads(model: TMFModel, batch, seed: int = 3) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    torch.manual_seed(seed)  # the same LoRA dropout masks in both models
+    loss = model(batch).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for g in model.parameter_groups().values() for p in g if p.grad is not None]
+
+
+def lora_layers(model: TMFModel) -> list[LoraLinear]:
+    return [m for m in model.modules() if isinstance(m, LoraLinear)]
+
+
+def test_every_lora_linear_is_fused_only_when_asked(tiny_lm_dir, tables):
+    plain, fused = models(tiny_lm_dir, tables)
+    assert lora_layers(plain) and not any(isinstance(m, FusedLoraLinear) for m in lora_layers(plain))
+    assert all(type(m) is FusedLoraLinear for m in lora_layers(fused))
+    assert len(lora_layers(fused)) == len(lora_layers(plain))
+    # PEFT's parameters and adapter names are untouched: checkpoints are interchangeable
+    assert plain.state_dict().keys() == fused.state_dict().keys()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fp32_loss_and_gradients_match_peft(tiny_lm_dir, tables, batch, dropout):
+    plain, fused = models(tiny_lm_dir, tables, dropout)
+    loss_plain, grads_plain = loss_and_grads(plain, batch)
+    loss_fused, grads_fused = loss_and_grads(fused, batch)
+    assert len(grads_plain) == len(grads_fused) > 0
+    torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_plain, grads_fused):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_changes_the_loss_the_same_way(tiny_lm_dir, tables, batch):
+    """The dropout masks really differ between two seeds, so the match above is not a no-op."""
+    _, fused = models(tiny_lm_dir, tables, dropout=0.5)
+    assert not torch.equal(loss_and_grads(fused, batch, seed=3)[0], loss_and_grads(fused, batch, seed=4)[0])
+
+
+def test_bf16_autocast_close_to_peft(tiny_lm_dir, tables, batch):
+    plain, fused = models(tiny_lm_dir, tables)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden_plain, hidden_fused = plain.hidden_states(batch), fused.hidden_states(batch)
+        loss_plain, loss_fused = plain(batch).loss, fused(batch).loss
+    assert hidden_fused.dtype == hidden_plain.dtype
+    torch.testing.assert_close(loss_fused.float(), loss_plain.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_disabled_and_merged_adapters_fall_back_to_peft(tiny_lm_dir, tables, batch):
+    plain, fused = models(tiny_lm_dir, tables)
+    plain.eval(), fused.eval()
+    with torch.no_grad():
+        adapted = fused.hidden_states(batch)
+        with fused.peft_model.disable_adapter():
+            base = fused.hidden_states(batch)
+        with plain.peft_model.disable_adapter():
+            torch.testing.assert_close(base, plain.hidden_states(batch))
+        assert not torch.allclose(base, adapted)  # LoRA B is non-zero: the adapters do change the output
+        fused.peft_model.merge_adapter()
+        torch.testing.assert_close(fused.hidden_states(batch), adapted, rtol=1e-4, atol=1e-5)
+        fused.peft_model.unmerge_adapter()
+        torch.testing.assert_close(fused.hidden_states(batch), adapted, rtol=1e-5, atol=1e-6)
