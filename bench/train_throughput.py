@@ -3,14 +3,16 @@
 Runs, each in its own process (so peak RSS is per configuration):
 
 * ``ours``: :class:`llmrec.train.loop.Trainer` steps (render + collate + forward + backward + AdamW) on
-  the easy task and the hard task, with length-grouped batches and logits only at label positions, and
+  the easy task and the hard task, with length-grouped batches, logits only at label positions, the fused
+  LoRA forward (llmrec.tmf.fused_lora), grouped-query attention without repeated heads (llmrec.tmf.attention), and
   the CPU recipes' LoRA dropout (``--ours-lora-dropout``, default 0: PEFT's dropout draws a mask per
   target module from torch's serial CPU generator and is the largest single cost left; docs/training.md);
 * ``ours, plain's LoRA``: the same with the plain loop's LoRA dropout, to separate the two gains;
 * ``plain``: what a practitioner writes: the same easy-task (text-only) token ids and labels of
   exactly the rows our easy run trained (it writes them), each step's rows in random order without
   length grouping, ``model(input_ids, attention_mask, labels).loss`` (full ``[B, T, vocab]``
-  logits), LLaRA's LoRA (r 8, alpha 32, dropout ``--plain-lora-dropout`` = 0.1) and AdamW;
+  logits), transformers' ``sdpa`` attention, PEFT's LoRA forward with LLaRA's LoRA (r 8, alpha 32, dropout
+  ``--plain-lora-dropout`` = 0.1) and AdamW;
 
 each in every ``--precisions`` (fp32 and bf16 autocast), ``--repeats`` times interleaved. Reported
 (medians): samples/s, real (non-padding) tokens/s, seconds per sample, peak RSS; the first step of each
@@ -110,6 +112,7 @@ def run_plain(args) -> dict:
     cfg = train_config(args, "easy", args.precision)
     dataset = build_dataset(args)
     model_cfg: ModelConfig = cfg.model
+    model_cfg.lm.attn_implementation = "sdpa"  # transformers' own (ours: sdpa_gqa, llmrec.tmf.attention)
     lm, tokenizer = load_lm(model_cfg.lm)
     lora: LoRASettings = model_cfg.lora
     model = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,

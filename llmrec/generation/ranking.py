@@ -153,7 +153,7 @@ def _packed_attention_mask(prefix_lengths: list[int], answer_lengths: list[list[
     return mask.masked_fill_(~allowed, torch.finfo(additive_dtype).min).unsqueeze(1)
 
 
-PACKED_MASK_IMPLEMENTATIONS = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
+PACKED_MASK_IMPLEMENTATIONS = ("sdpa_gqa", "sdpa", "eager")  # attention implementations that take a custom 4D mask
 
 
 def _attention_implementation(model: Any) -> str:

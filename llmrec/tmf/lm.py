@@ -46,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from llmrec.config import ConfigError
 from llmrec.devices import native_bf16
 from llmrec.io import move_files_into, temp_folder_beside
+from llmrec.tmf import attention  # noqa: F401  (registers attn_implementation sdpa_gqa)
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,10 @@ class LMConfig:
     are older names of ``nf4`` / ``int8``. Runs on CPUs and CUDA GPUs (bitsandbytes, extra ``llmrec[quant]``)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~30% more compute."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = "sdpa"
-    """Attention kernel passed to transformers; null lets transformers choose."""
+    attn_implementation: Literal["sdpa_gqa", "sdpa", "eager", "flash_attention_2"] | None = "sdpa_gqa"
+    """Attention kernel passed to transformers; null lets transformers choose. ``sdpa_gqa`` (llmrec.tmf.attention)
+    is ``sdpa`` with the grouped key/value heads left to PyTorch's CPU kernel instead of repeated (1.2x faster
+    attention on a CPU; on other devices exactly ``sdpa``)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hub names."""
     cache_dir: str | None = None
