@@ -5,6 +5,8 @@ Runs, each in its own process (so peak RSS is per configuration):
 * ``ours``: :class:`llmrec.train.loop.Trainer` steps (render + collate + forward + backward + AdamW) on
   the easy task and the hard task, with length-grouped batches, logits only at label positions, the fused
   LoRA forward (llmrec.tmf.fused_lora), grouped-query attention without repeated heads (llmrec.tmf.attention), and
+  the compiled RMSNorm / SiLU gate of the CPU recipes (``lm.compile_elementwise``; ``--ours-eager`` turns it off;
+  compiled during the untimed warm-up step, whose seconds are kept as ``warmup_s``), and
   the CPU recipes' LoRA dropout (``--ours-lora-dropout``, default 0: PEFT's dropout draws a mask per
   target module from torch's serial CPU generator and is the largest single cost left; docs/training.md);
 * ``ours, plain's LoRA``: the same with the plain loop's LoRA dropout, to separate the two gains;
@@ -77,7 +79,7 @@ def train_config(args, task: str, precision: str):
         f"gradient_accumulation_steps={args.grad_accum}", f"max_steps={args.steps + 1}", "eval.every=-1",
         f"curriculum.fixed_task={task}", f"precision={precision}", f"max_length={args.max_length}",
         f"train_candidates.size={size}", f"eval.candidates.size={size}", "num_threads=2", "log_every=1000",
-        f"model.lora.dropout={args.lora_dropout}"])
+        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={not args.ours_eager}"])
 
 
 def run_ours(args) -> dict:
@@ -93,7 +95,7 @@ def run_ours(args) -> dict:
                  for s in range(args.steps + 1)]
         Path(args.rows_file).write_text(json.dumps(steps))
     return {"samples": sum(sum(r["tasks"].values()) for r in timed), "seconds": sum(r["seconds"] for r in timed),
-            "tokens": sum(r["tokens"] for r in timed)}
+            "tokens": sum(r["tokens"] for r in timed), "warmup_s": records[0]["seconds"]}
 
 
 def run_plain(args) -> dict:
@@ -113,6 +115,7 @@ def run_plain(args) -> dict:
     dataset = build_dataset(args)
     model_cfg: ModelConfig = cfg.model
     model_cfg.lm.attn_implementation = "sdpa"  # transformers' own (ours: sdpa_gqa, llmrec.tmf.attention)
+    model_cfg.lm.compile_elementwise = False  # transformers' own layers
     lm, tokenizer = load_lm(model_cfg.lm)
     lora: LoRASettings = model_cfg.lora
     model = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
@@ -321,6 +324,8 @@ def main() -> None:
     parser.add_argument("--ours-lora-dropout", type=float, default=0.0,
                         help="our loop's LoRA dropout (the CPU recipes' setting)")
     parser.add_argument("--plain-lora-dropout", type=float, default=0.1, help="the plain loop's (LLaRA's) LoRA dropout")
+    parser.add_argument("--ours-eager", action="store_true",
+                        help="our loop without lm.compile_elementwise (the CPU recipes turn it on)")
     args = parser.parse_args()
     args.lora_dropout = args.lora_dropout if args.worker else args.ours_lora_dropout
     if args.profile:
@@ -364,7 +369,7 @@ def compare(args) -> None:
                 command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision",
                            precision, "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
                            str(args.grad_accum), "--max-history", str(args.max_history), "--max-length",
-                           str(args.max_length), "--lora-dropout", str(dropout),
+                           str(args.max_length), "--lora-dropout", str(dropout), *(["--ours-eager"] * args.ours_eager),
                            "--rows-file", str(rows_file) if writes_rows or loop == "plain" else ""]
                 key = f"{name}/{precision}"
                 print(f"[{repeat + 1}/{args.repeats}] running {key} ...", flush=True)
@@ -397,7 +402,8 @@ def compare(args) -> None:
     (OUT / "train_throughput.json").write_text(json.dumps(report, indent=2))
     header = (f"Machine: {describe_machine(machine)}; 2 torch threads. Medians of {args.repeats} run(s) per "
               f"configuration; every loop trains exactly the rows ours/easy trained. LoRA dropout: ours {ours}, "
-              f"plain {plain}.")
+              f"plain {plain}. Ours: fused LoRA forward, sdpa_gqa attention, compile_elementwise "
+              f"{'off' if args.ours_eager else 'on (compiled in the untimed warm-up step)'}.")
     lines = [header, "",
              "| run | samples/s | real tokens/s | s/sample | peak RSS (MB) |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['samples_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['seconds_per_sample']:.3f} | "

@@ -47,6 +47,7 @@ from llmrec.config import ConfigError
 from llmrec.devices import native_bf16
 from llmrec.io import move_files_into, temp_folder_beside
 from llmrec.tmf import attention  # noqa: F401  (registers attn_implementation sdpa_gqa)
+from llmrec.tmf.compiled_layers import compile_elementwise
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class LMConfig:
     """Attention kernel passed to transformers; null lets transformers choose. ``sdpa_gqa`` (llmrec.tmf.attention)
     is ``sdpa`` with the grouped key/value heads left to PyTorch's CPU kernel instead of repeated (1.2x faster
     attention on a CPU; on other devices exactly ``sdpa``)."""
+    compile_elementwise: bool = False
+    """Run the Llama blocks' RMSNorms and SiLU gates as ``torch.compile`` kernels (llmrec.tmf.compiled_layers;
+    seconds to compile, 1.04-1.07x faster steps on a CPU; needs a C++ compiler on a CPU, else a warning and eager)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hub names."""
     cache_dir: str | None = None
@@ -279,6 +283,8 @@ def load_lm(cfg: LMConfig, *, cache_conversion: bool = True):
                                                      **kwargs)
     for param in model.parameters():
         param.requires_grad_(False)
+    if cfg.compile_elementwise:
+        logger.info("compile_elementwise: %d RMSNorm / MLP modules compiled", compile_elementwise(model))
     return model, tokenizer
 
 
