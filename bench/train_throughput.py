@@ -70,16 +70,21 @@ def tables(dataset):
     return random_tables(dataset.n_items, dataset.n_behaviors, with_image=False)
 
 
-def train_config(args, task: str, precision: str):
-    from llmrec.train.config import load_train_config
-
+def train_overrides(args, task: str, precision: str) -> list[str]:
+    """The benchmark's training configuration as ``key=value`` overrides of the defaults."""
     size = 10  # the recipes' frozen uniform-10 candidate sets (configs/tmf_smollm2_*.yaml)
-    return load_train_config(None, [
+    return [
         f"output_dir={OUT / 'train_throughput_run'}", f"batch_size={args.batch_size}",
         f"gradient_accumulation_steps={args.grad_accum}", f"max_steps={args.steps + 1}", "eval.every=-1",
         f"curriculum.fixed_task={task}", f"precision={precision}", f"max_length={args.max_length}",
         f"train_candidates.size={size}", f"eval.candidates.size={size}", "num_threads=2", "log_every=1000",
-        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={not args.ours_eager}"])
+        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={not args.ours_eager}"]
+
+
+def train_config(args, task: str, precision: str):
+    from llmrec.train.config import load_train_config
+
+    return load_train_config(None, train_overrides(args, task, precision))
 
 
 def run_ours(args) -> dict:
