@@ -46,7 +46,7 @@ def main() -> None:
     from llmrec.train.loop import Trainer
 
     shape = argparse.Namespace(max_history=10, batch_size=4, grad_accum=2, steps=args.steps, max_length=512,
-                               lora_dropout=0.0, ours_eager=True)
+                               lora_dropout=0.0, ours_compile=False)
     dataset = tt.build_dataset(shape)
     common = tt.train_overrides(shape, args.task, args.precision) + [f"num_threads={args.threads}"]
     trainers = [Trainer(load_train_config(None, common + variant.split()), dataset, tt.tables(dataset))

@@ -5,8 +5,8 @@ Runs, each in its own process (so peak RSS is per configuration):
 * ``ours``: :class:`llmrec.train.loop.Trainer` steps (render + collate + forward + backward + AdamW) on
   the easy task and the hard task, with length-grouped batches, logits only at label positions, the fused
   LoRA forward (llmrec.tmf.fused_lora), grouped-query attention without repeated heads (llmrec.tmf.attention), and
-  the compiled RMSNorm / SiLU gate of the CPU recipes (``lm.compile_elementwise``; ``--ours-eager`` turns it off;
-  compiled during the untimed warm-up step, whose seconds are kept as ``warmup_s``), and
+  with ``--ours-compile`` the compiled RMSNorm / SiLU gate (``lm.compile_elementwise``, opt-in; compiled during
+  the untimed warm-up step, whose seconds are kept as ``warmup_s``), and
   the CPU recipes' LoRA dropout (``--ours-lora-dropout``, default 0: PEFT's dropout draws a mask per
   target module from torch's serial CPU generator and is the largest single cost left; docs/training.md);
 * ``ours, plain's LoRA``: the same with the plain loop's LoRA dropout, to separate the two gains;
@@ -78,7 +78,7 @@ def train_overrides(args, task: str, precision: str) -> list[str]:
         f"gradient_accumulation_steps={args.grad_accum}", f"max_steps={args.steps + 1}", "eval.every=-1",
         f"curriculum.fixed_task={task}", f"precision={precision}", f"max_length={args.max_length}",
         f"train_candidates.size={size}", f"eval.candidates.size={size}", "num_threads=2", "log_every=1000",
-        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={not args.ours_eager}"]
+        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={args.ours_compile}"]
 
 
 def train_config(args, task: str, precision: str):
@@ -329,8 +329,8 @@ def main() -> None:
     parser.add_argument("--ours-lora-dropout", type=float, default=0.0,
                         help="our loop's LoRA dropout (the CPU recipes' setting)")
     parser.add_argument("--plain-lora-dropout", type=float, default=0.1, help="the plain loop's (LLaRA's) LoRA dropout")
-    parser.add_argument("--ours-eager", action="store_true",
-                        help="our loop without lm.compile_elementwise (the CPU recipes turn it on)")
+    parser.add_argument("--ours-compile", action="store_true",
+                        help="our loop with lm.compile_elementwise (opt-in; the CPU recipes leave it off)")
     args = parser.parse_args()
     args.lora_dropout = args.lora_dropout if args.worker else args.ours_lora_dropout
     if args.profile:
@@ -374,7 +374,7 @@ def compare(args) -> None:
                 command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision",
                            precision, "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
                            str(args.grad_accum), "--max-history", str(args.max_history), "--max-length",
-                           str(args.max_length), "--lora-dropout", str(dropout), *(["--ours-eager"] * args.ours_eager),
+                           str(args.max_length), "--lora-dropout", str(dropout), *(["--ours-compile"] * args.ours_compile),
                            "--rows-file", str(rows_file) if writes_rows or loop == "plain" else ""]
                 key = f"{name}/{precision}"
                 print(f"[{repeat + 1}/{args.repeats}] running {key} ...", flush=True)
@@ -408,7 +408,7 @@ def compare(args) -> None:
     header = (f"Machine: {describe_machine(machine)}; 2 torch threads. Medians of {args.repeats} run(s) per "
               f"configuration; every loop trains exactly the rows ours/easy trained. LoRA dropout: ours {ours}, "
               f"plain {plain}. Ours: fused LoRA forward, sdpa_gqa attention, compile_elementwise "
-              f"{'off' if args.ours_eager else 'on (compiled in the untimed warm-up step)'}.")
+              f"{'on (compiled in the untimed warm-up step)' if args.ours_compile else 'off'}.")
     lines = [header, "",
              "| run | samples/s | real tokens/s | s/sample | peak RSS (MB) |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {r['samples_per_s']:.3f} | {r['tokens_per_s']:.1f} | {r['seconds_per_sample']:.3f} | "

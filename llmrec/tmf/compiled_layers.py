@@ -12,11 +12,19 @@ Only the exact ``LlamaRMSNorm`` / ``LlamaMLP`` classes (SmolLM2, Llama-2) are sw
 compiled functions compute the same formulas; fp32 results agree with the eager ones to rounding, bf16 ones round
 once where eager rounds after every operation. If compiling fails (no C++ compiler, for example), a warning is
 logged and the eager formulas run for the rest of the process.
+
+Off by default, and off in the recipes, for one hazard found while measuring (torch 2.14.1): inductor's kernel
+cache (``/tmp/torchinductor_<user>``) does not tell apart kernels built under another ``ATEN_CPU_CAPABILITY``
+(the AVX2 stand-in of docs/training.md). A run after one with the other setting loaded the other's kernels and
+trained on NaN losses, or died with "double free or corruption"; with a cache of its own
+(``TORCHINDUCTOR_CACHE_DIR``) each was correct. A warning is logged when ``ATEN_CPU_CAPABILITY`` is set and
+``TORCHINDUCTOR_CACHE_DIR`` is not.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
@@ -79,6 +87,10 @@ class CompiledLlamaMLP(LlamaMLP):
 def compile_elementwise(model: nn.Module) -> int:
     """Swap every exact ``LlamaRMSNorm`` and SiLU ``LlamaMLP`` of ``model`` for its compiled subclass; returns how
     many modules were swapped."""
+    if os.environ.get("ATEN_CPU_CAPABILITY") and not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        logger.warning("compile_elementwise with ATEN_CPU_CAPABILITY=%s and inductor's shared kernel cache: kernels "
+                       "cached under another CPU capability get reused (NaN losses or a crash seen with torch 2.14); "
+                       "set TORCHINDUCTOR_CACHE_DIR to a folder for this capability", os.environ["ATEN_CPU_CAPABILITY"])
     count = 0
     for module in model.modules():
         if type(module) is LlamaRMSNorm:

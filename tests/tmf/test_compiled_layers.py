@@ -24,7 +24,10 @@ def loss_and_grads(model):
     return loss.detach(), [p.grad for p in model.parameters() if p.grad is not None]
 
 
-def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_lm_dir):
+def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_lm_dir, tmp_path, monkeypatch):
+    # a kernel cache of its own: inductor's shared one may hold kernels of another ATEN_CPU_CAPABILITY (module doc)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     eager, _ = load_lm(LMConfig(name_or_path=str(tiny_lm_dir)))
     compiled, _ = load_lm(LMConfig(name_or_path=str(tiny_lm_dir), compile_elementwise=True))
     types = [type(m) for m in compiled.modules()]
@@ -39,6 +42,14 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_lm_dir):
     for a, b in zip(grads_e, grads_c):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert compiled_layers._RMS_NORM.compiled is not None and not compiled_layers._RMS_NORM.failed
+
+
+def test_a_capability_without_its_own_kernel_cache_is_warned(tiny_lm_dir, monkeypatch, caplog):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with caplog.at_level(logging.WARNING, logger=compiled_layers.__name__):
+        assert compiled_layers.compile_elementwise(torch.nn.Sequential()) == 0
+    assert "TORCHINDUCTOR_CACHE_DIR" in caplog.text
 
 
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(tiny_lm_dir, monkeypatch, caplog):
