@@ -473,6 +473,9 @@ class TMFModel(nn.Module):
         config_file = directory / MODEL_CONFIG_FILE
         if not config_file.is_file():
             raise FileNotFoundError(f"{directory}: missing {MODEL_CONFIG_FILE} (not a TMF checkpoint?)")
+        saved = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        if "fused" not in (saved.get("lora") or {}):  # saved before the fused forward: PEFT's, as it was trained
+            overrides = ["lora.fused=false", *overrides]
         cfg = load_config(ModelConfig, config_file, overrides)
         model = cls(cfg, tables, lm=lm, tokenizer=tokenizer)
         model.load_trainable_state(directory)

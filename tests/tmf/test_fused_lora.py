@@ -104,3 +104,21 @@ def test_disabled_and_merged_adapters_fall_back_to_peft(tiny_lm_dir, tables, bat
         torch.testing.assert_close(fused.hidden_states(batch), adapted, rtol=1e-4, atol=1e-5)
         fused.peft_model.unmerge_adapter()
         torch.testing.assert_close(fused.hidden_states(batch), adapted, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_from_before_the_fused_forward_reload_with_peft_s(tiny_lm_dir, tables, tmp_path):
+    import yaml
+
+    from llmrec.tmf.model import MODEL_CONFIG_FILE
+
+    _, fused = models(tiny_lm_dir, tables)
+    fused.save_pretrained(tmp_path / "new")
+    assert type(lora_layers(TMFModel.from_pretrained(tmp_path / "new", tables))[0]) is FusedLoraLinear
+    fused.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / MODEL_CONFIG_FILE
+    saved = yaml.safe_load(config_file.read_text())
+    del saved["lora"]["fused"]  # as written before the setting existed
+    config_file.write_text(yaml.safe_dump(saved))
+    assert type(lora_layers(TMFModel.from_pretrained(tmp_path / "old", tables))[0]) is LoraLinear
+    reloaded = TMFModel.from_pretrained(tmp_path / "old", tables, overrides=["lora.fused=true"])
+    assert type(lora_layers(reloaded)[0]) is FusedLoraLinear
