@@ -346,6 +346,8 @@ def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool
             logger.info("rank: HF model on %s (%s, %s)", device, cfg.rank_method, cfg.precision)
             scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
         timings["rank_s"] = time.perf_counter() - t0
+    if isinstance(generator, VLLMGenerator):
+        generator.close()
     records = prediction_records(dataset, renderer, cfg.split, rows, prompts, generations, scores, cfg.save_prompts)
     write_jsonl(output, records)
     meta = {"config": to_dict(cfg), "checkpoint": None if checkpoint is None else str(checkpoint),

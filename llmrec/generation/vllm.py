@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import importlib.util
 import logging
@@ -280,6 +281,7 @@ class VLLMGenerator:
                 self.lora = [LORA_NAME, 1, str(adapter_dir.resolve())]
         self.embed_dtype = _torch_dtype(self.engine.dtype, model.causal_lm.get_input_embeddings().weight.dtype)
         self.llm = llm
+        self._owns_engine = llm is None  # close() shuts down only an engine this generator started
         self.python = None if llm is not None else worker_python(self.engine)
         # seconds of the last generate() / rank(): engine_start_s (0 when the engine was already up) and
         # generate_s / rank_s
@@ -305,6 +307,20 @@ class VLLMGenerator:
         return {"max_tokens": s.max_new_tokens, "temperature": s.temperature if s.do_sample else 0.0,
                 "top_p": s.top_p if s.do_sample else 1.0, "seed": s.seed, "stop": ["\n"],
                 "skip_special_tokens": True}
+
+    def close(self) -> None:
+        """Shut down the in-process engine this generator started (its engine-core process and threads); a no-op
+        for the worker path and for an engine passed in as ``llm``.
+
+        Left running until interpreter exit, vLLM's background threads abort the process there ("terminate called
+        without an active exception"), which turns a passing pytest run into a failed one."""
+        if self.llm is None or not self._owns_engine:
+            return
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        gc.collect()
 
     def where(self) -> str:
         """Where the engine runs, for the log."""

@@ -118,7 +118,9 @@ def merged_generator(smol_tmf, smol_collators, smol_checkpoint, merged_cache):
     assert generator.python is None  # vllm imports here, so the engine runs in this process
     assert generator.lora is None and "enable_lora" not in generator.llm_kwargs
     assert generator.model_path.startswith(str(merged_cache / "vllm-merged"))
-    return generator
+    yield generator
+    generator.close()  # left to interpreter exit, vLLM's threads abort the process (and fail make test-vllm)
+    assert generator.llm is None
 
 
 @pytest.fixture(scope="session")
