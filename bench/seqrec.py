@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -98,17 +99,21 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
 
 
 def markdown(records: list[dict], recbole_seconds: float, recbole_epochs: int) -> str:
+    """The speed table; with an ``mbht`` record, also each model's time to quality over MBHT's (same run)."""
     recbole_total = recbole_seconds * recbole_epochs
+    mbht = next((r["time_to_quality_seconds"] for r in records if r["model"] == "mbht"), None)
     lines = [
         f"| model | s/epoch | epochs to quality | time to quality (s) | vs RecBole SASRec ({recbole_total:.0f} s) | "
-        "test eval (s) | peak RSS (MiB) | valid HR@10 | test HR@10 | test NDCG@10 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + ("vs MBHT | " if mbht else "")
+        + "test eval (s) | peak RSS (MiB) | valid HR@10 | test HR@10 | test NDCG@10 |",
+        "|---|---:|---:|---:|---:|" + ("---:|" if mbht else "") + "---:|---:|---:|---:|---:|",
     ]
     for r in records:
+        versus_mbht = f"{r['time_to_quality_seconds'] / mbht:.2f}x | " if mbht else ""
         lines.append(
             f"| {r['model']} | {r['seconds_per_epoch']:.2f} | {r['epochs_to_quality']} | {r['time_to_quality_seconds']:.1f} | "
-            f"{r['time_to_quality_seconds'] / recbole_total:.3f}x | {r['eval_seconds']:.2f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['valid_hr@10']:.4f} | {r['test_hr@10']:.4f} | {r['test_ndcg@10']:.4f} |"
+            f"{r['time_to_quality_seconds'] / recbole_total:.3f}x | {versus_mbht}{r['eval_seconds']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | {r['valid_hr@10']:.4f} | {r['test_hr@10']:.4f} | {r['test_ndcg@10']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -173,10 +178,10 @@ def _bar_chart(runs: list[dict], labels: list[str], path: Path) -> None:
         ax.bar([i + 0.2 for i in x], pub, width=0.4, label="DreamRec Table 2")
         ax.set_xticks(list(x), labels, fontsize=8)
         ax.set_title(f"ML-100k, {metric}, 100 popularity negatives")
-        ax.set_ylim(0, max(ours + [p for p in pub if p == p]) * 1.2)
+        ax.set_ylim(0, max(ours + [p for p in pub if not math.isnan(p)]) * 1.2)
         for i, (o, p) in enumerate(zip(ours, pub)):
             ax.text(i - 0.2, o, f"{o:.3f}", ha="center", va="bottom", fontsize=7)
-            if p == p:
+            if not math.isnan(p):
                 ax.text(i + 0.2, p, f"{p:.3f}", ha="center", va="bottom", fontsize=7)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -217,7 +222,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--one", model, "--threads", str(args.threads), "--epochs", str(args.epochs),
                "--out", str(args.out), *args.overrides]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RECORD ")]
         if proc.returncode != 0 or not lines:
             sys.stderr.write(proc.stderr[-4000:])
@@ -226,14 +231,18 @@ def main() -> int:
         record["process_seconds"] = time.perf_counter() - started
         records.append(record)
         print(f"{model}: {record['seconds_per_epoch']:.2f} s/epoch, quality after {record['time_to_quality_seconds']:.1f} s")
+    sys.path.insert(0, str(ROOT))
+    from llmrec.devices import describe_machine
+
     summary = {
         "records": records,
         "recbole_reference": {"seconds_per_epoch": args.recbole_seconds_per_epoch, "epochs": args.recbole_epochs},
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "cpu": describe_machine()},
         "command": " ".join(sys.argv),
     }
     (args.out / "seqrec.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     table = markdown(records, args.recbole_seconds_per_epoch, args.recbole_epochs)
+    table = f"{describe_machine()}; {args.threads} torch threads; `{summary['command']}`\n\n{table}"
     (args.out / "seqrec.md").write_text(table, encoding="utf-8")
     print(table)
     return 0
