@@ -140,6 +140,8 @@ def co_occurrence(sequences: Iterable[np.ndarray], n_items: int, distance_weight
         keep = a != b
         low, high = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
         keys, weight = low * n_items + high, weight[keep]
+        if not len(keys):  # one item repeated (Taobao has such users): no pair
+            continue
         if len(np.unique(items)) < len(items):  # repeats: keep each pair's nearest occurrence
             order = np.lexsort((-weight, keys))
             keys, weight = keys[order], weight[order]

@@ -93,6 +93,15 @@ def test_co_occurrence_counts_a_repeated_item_once_per_user_at_its_nearest_occur
     assert dense[1, 5] == 0.5
 
 
+def test_co_occurrence_of_a_user_who_repeats_one_item_is_empty():
+    # the Taobao head has users whose training part is one item bought twice; this crashed MDSRec's graph build
+    dense = co_occurrence([np.array([4, 4]), np.array([1, 1, 1]), np.array([0, 2])], 5).to_dense()
+    expected = torch.zeros(5, 5)
+    expected[0, 2] = expected[2, 0] = 1.0
+    assert torch.equal(dense, expected)
+    assert co_occurrence([np.array([3, 3])], 5)._nnz() == 0
+
+
 def test_row_normalize():
     matrix = torch.tensor([[0.0, 3.0, 1.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]]).to_sparse()
     dense = row_normalize(matrix).to_dense()
