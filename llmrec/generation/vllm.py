@@ -81,6 +81,7 @@ from llmrec.generation.vllm_worker import (
     read_scores,
     read_timings,
     set_cpu_kvcache,
+    shutdown_engine,
     start_engine,
     write_job,
 )
@@ -316,9 +317,7 @@ class VLLMGenerator:
         without an active exception"), which turns a passing pytest run into a failed one."""
         if self.llm is None or not self._owns_engine:
             return
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        shutdown_engine(self.llm)
         self.llm = None
         gc.collect()
 

@@ -192,13 +192,33 @@ def load_chunk(folder: Path, name: str) -> list[torch.Tensor]:
     return [tensors[key] for key in sorted(tensors, key=int)]
 
 
+def shutdown_engine(llm: Any) -> None:
+    """Shut down an ``LLM``'s engine-core process and threads now.
+
+    Left running until interpreter exit, vLLM's background threads can abort the process there ("terminate
+    called without an active exception", exit -6), after the work is done and written."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
 def run_job(folder: str | Path, llm: Any = None) -> dict[str, Any]:
-    """Run a job folder's prompts through one engine (``llm``, or a new one) and write ``answers.json``."""
+    """Run a job folder's prompts through one engine (``llm``, or a new one it shuts down after) and write
+    ``answers.json``."""
     folder = Path(folder)
     job = read_job(folder)
     vllm = import_vllm()
     start = time.perf_counter()
+    owns_engine = llm is None
     llm = llm if llm is not None else start_engine(vllm, job["llm"])
+    try:
+        return _run_chunks(folder, job, vllm, llm, start)
+    finally:
+        if owns_engine:
+            shutdown_engine(llm)
+
+
+def _run_chunks(folder: Path, job: dict[str, Any], vllm: Any, llm: Any, start: float) -> dict[str, Any]:
     started = time.perf_counter()
     results: list[Any] = []  # texts (generate) or per-prompt score lists (rank)
     for name in job["chunks"]:
@@ -267,4 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # vLLM starts its engine core in a spawned process, which re-imports __main__
-    sys.exit(main())
+    code = main()
+    # answers.json is written and the engine shut down: leave without the interpreter's teardown, where vLLM
+    # 0.32's remaining threads can still abort the process (exit -6) and turn a finished job into a failed one
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -42,6 +42,8 @@ from llmrec.generation.vllm_worker import (
     read_job,
     read_scores,
     read_timings,
+    run_job,
+    shutdown_engine,
     write_job,
 )
 from llmrec.tmf.lm import LMConfig
@@ -171,6 +173,39 @@ def test_job_folder_round_trip(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a vLLM job folder"):
         read_job(tmp_path / "nothing")
     assert main([]) == 2
+
+
+class _EngineThatFails:
+    """Stands in for a vLLM ``LLM`` in .venv (no vllm here; the real engine's worker runs in make test-vllm):
+    records whether its engine core was shut down, and fails every generation."""
+
+    def __init__(self):
+        self.shut_down = 0
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
+
+    def _shutdown(self):
+        self.shut_down += 1
+
+    def generate(self, *args, **kwargs):
+        raise RuntimeError("engine failed")
+
+
+def test_the_worker_shuts_down_the_engine_it_started(tmp_path, monkeypatch):
+    # left to interpreter exit, vLLM 0.32's threads aborted a finished rank job's worker (exit -6)
+    write_job(tmp_path, {"model": "m"}, {"max_tokens": 3}, None, iter([[torch.randn(3, 4)]]), None)
+    started = _EngineThatFails()
+    monkeypatch.setattr("llmrec.generation.vllm_worker.import_vllm", lambda: types.SimpleNamespace())
+    monkeypatch.setattr("llmrec.generation.vllm_worker.start_engine", lambda vllm, args: started)
+    monkeypatch.setattr("llmrec.generation.vllm_worker.generate_texts",
+                        lambda llm, *args: llm.generate())
+    with pytest.raises(RuntimeError, match="engine failed"):
+        run_job(tmp_path)
+    assert started.shut_down == 1
+    passed_in = _EngineThatFails()
+    with pytest.raises(RuntimeError, match="engine failed"):
+        run_job(tmp_path, llm=passed_in)
+    assert passed_in.shut_down == 0  # the caller owns it
+    shutdown_engine(object())  # an engine without an engine core: nothing to do
 
 
 def test_rank_job_folder_round_trip(tmp_path):
