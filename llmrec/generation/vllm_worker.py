@@ -105,22 +105,42 @@ def start_engine(vllm: Any, llm_kwargs: dict[str, Any]) -> Any:
     return llm
 
 
+LORA_MIXED_STEP_BUG = (
+    "vLLM 0.32's LoRA embedding layer assumes it embeds every token of an engine step, but with prompt "
+    "embeddings vLLM embeds only the token-id positions; an engine step holding both (one request's prompt "
+    "embeddings beside another's decoded tokens, or a prompt that mixes embeddings and token ids, as ranking "
+    "does) fails: on the CPU with an einsum size mismatch in vllm/lora/ops/torch_ops, on GPUs as vLLM issue "
+    "#51122's illegal memory access")
+"""Why LoRARequest engines get one request at a time here and no ranking or constrained jobs (merge_lora: true,
+the default, loads merged weights without enable_lora and is not affected)."""
+
+
 def generate_texts(llm: Any, vllm: Any, embeds: Sequence[torch.Tensor], sampling: dict[str, Any],
                    choices: Sequence[Sequence[str]] | None, lora: Sequence[Any] | None) -> list[str]:
-    """The engine's answer to each prompt embedding, in order (one request per prompt)."""
+    """The engine's answer to each prompt embedding, in order (one request per prompt).
+
+    With ``lora`` the requests go to the engine one at a time (:data:`LORA_MIXED_STEP_BUG`): a lone request
+    prefills (possibly in chunks) before it decodes, so no step mixes prompt embeddings with token ids. Sent
+    together, a request that reached the engine core late (or whose prefill did not fit the step's token budget)
+    prefilled beside the others' decoding, which made the LoRARequest path fail now and then."""
     if choices is not None and len(choices) != len(embeds):
         raise ValueError(f"{len(choices)} choice lists for {len(embeds)} prompts")
     if not embeds:
         return []
     if choices is None:
-        params: Any = sampling_params(vllm, sampling, None)
+        params: list[Any] = [sampling_params(vllm, sampling, None)] * len(embeds)
     else:
         params = [sampling_params(vllm, sampling, c) for c in choices]
     requests = [{"prompt_embeds": tensor} for tensor in embeds]
-    outputs = llm.generate(requests, params, lora_request=lora_request(vllm, lora), use_tqdm=False)
-    if len(outputs) != len(requests):
-        raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} prompts")
-    return [out.outputs[0].text for out in outputs]
+    waves = [[i] for i in range(len(requests))] if lora is not None else [list(range(len(requests)))]
+    texts: list[str] = []
+    for wave in waves:
+        outputs = llm.generate([requests[i] for i in wave], [params[i] for i in wave],
+                               lora_request=lora_request(vllm, lora), use_tqdm=False)
+        if len(outputs) != len(wave):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(wave)} prompts")
+        texts.extend(out.outputs[0].text for out in outputs)
+    return texts
 
 
 # ----------------------------------------------------------------------------- job folders

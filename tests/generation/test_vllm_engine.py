@@ -176,10 +176,17 @@ def test_constrained_answers_are_always_candidates(smol_tmf, smol_collators, smo
 def test_lora_request_in_a_worker_process_gives_the_same_answers(smol_tmf, smol_collators, smol_checkpoint,
                                                                  hard_prompts, vllm_answers, hf_answers):
     """merge_lora: false (base weights + LoRARequest) through the worker ``llmrec infer`` uses from .venv: one engine
-    start in another process, fed through a job folder; the same greedy answers as the merged weights and HF."""
+    start in another process, fed through a job folder; the same greedy answers as the merged weights and HF.
+
+    A 64-token step budget makes every prompt (~175 tokens) prefill in chunks, so prompts sent together would
+    prefill beside each other's decoding: the engine steps that vLLM 0.32's LoRA embedding layer fails on
+    (``vllm_worker.LORA_MIXED_STEP_BUG``; sent together, this job failed every time in a probe, 2026-12-05). The
+    worker sends them one at a time. With vLLM's default budget the same failure came only when a request
+    reached the engine core late: this test failed in 1 of about 4 runs before."""
     generator = VLLMGenerator(smol_tmf, smol_collators[0], smol_checkpoint,
                               GenerationSettings(max_new_tokens=MAX_NEW_TOKENS),
-                              engine_settings(merge_lora=False, python=sys.executable))
+                              engine_settings(merge_lora=False, python=sys.executable, max_num_batched_tokens=64,
+                                              max_num_seqs=8))
     assert generator.python == sys.executable and generator.llm_kwargs["enable_lora"] is True
     assert generator.lora == ["tmf", 1, str(smol_checkpoint.resolve())]
     texts = generator.generate(hard_prompts, batch_size=2, progress=False)
