@@ -138,10 +138,9 @@ class Trainer:
                                       lr=opt.lr, betas=opt.betas, eps=opt.eps)
         self.trainable = groups["lora"] + adaptor_params
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        # transformers' from_pretrained leaves the LM in eval mode, and both LoRA dropout and the decoder layers'
-        # gradient checkpointing act only in train mode: before this call (fixed 2026-12-04) they took effect only
-        # after the first validation (whose ranking restores train mode), i.e. from step eval.every + 1, or never
-        # with eval.every=-1. SmolLM2 and Llama have no dropout of their own.
+        # transformers' from_pretrained leaves the LM in eval mode and its decoder layers' gradient checkpointing
+        # acts only in train mode (until 2026-12-04 it started after the first validation). PEFT's get_peft_model
+        # creates the LoRA modules, dropout included, in train mode, so LoRA dropout always acted from step 1.
         self.model.train()
         self.step = self.epoch = self.position = 0
         self.plan: list[np.ndarray] | None = None
