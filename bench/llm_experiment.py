@@ -142,18 +142,35 @@ def ranks_of(path: Path, rows: np.ndarray) -> np.ndarray:
     return target_ranks(scores, np.array([records[r]["target_index"] for r in rows]))
 
 
-def carried_rows(path: Path, names: list[str], fingerprint: str, candidate_file: str) -> dict[str, dict]:
+def carried_rows(path: Path, names: list[str], fingerprint: str, candidate_file: str,
+                 rule_ranks: dict[str, np.ndarray]) -> dict[str, dict]:
     """Rows of an earlier run's ``shop_experiment.json`` (same split, same frozen candidates) among ``names``.
 
     Checkpoints live in the ignored ``runs/`` and do not outlive a session; the committed results file does.
     A carried row keeps its recorded numbers; with ``target_ranks`` it also joins the paired comparisons.
+
+    Same split and candidates means the same dataset fingerprint, or, for a file written before a fingerprint
+    format change (the shop's moved from 6ffd34f0a179 to 5e31167af55b when image paths became relative), rule
+    rows whose per-user target ranks today (``rule_ranks``, deterministic functions of split and candidates)
+    equal the recorded ones for every user: at least two such rules, all equal, or nothing is carried.
     """
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    if earlier["fingerprint"] != fingerprint or Path(earlier["candidate_file"]).name != Path(candidate_file).name:
-        log.warning("%s: other data or candidates (fingerprint %s): nothing carried", path, earlier["fingerprint"][:12])
+    if Path(earlier["candidate_file"]).name != Path(candidate_file).name:
+        log.warning("%s: other candidates (%s): nothing carried", path, earlier["candidate_file"])
         return {}
+    if earlier["fingerprint"] != fingerprint:
+        recorded = {name: np.asarray(row["target_ranks"]) for name, row in earlier["rows"].items()
+                    if name in rule_ranks and "target_ranks" in row}
+        same = [name for name, ranks in recorded.items() if np.array_equal(ranks, rule_ranks[name])]
+        if len(recorded) < 2 or len(same) != len(recorded):
+            log.warning("%s: other data or candidates (fingerprint %s; rule rows with equal per-user ranks: %s of %d):"
+                        " nothing carried", path, earlier["fingerprint"][:12], same, len(recorded))
+            return {}
+        log.warning("%s: fingerprint %s differs from today's %s, but the per-user ranks of every recorded rule row "
+                    "(%s) are equal on all %d users: same split and candidates, rows carried", path,
+                    earlier["fingerprint"][:12], fingerprint[:12], ", ".join(same), len(rule_ranks[same[0]]))
     return {name: {**earlier["rows"][name], "carried_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
             for name in names if name in earlier["rows"]}
 
@@ -299,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
 
     per_user: dict[str, np.ndarray] = {}
     results_rows: dict[str, dict] = {}
-    carried = carried_rows(ROOT / args.carry, not_run, dataset.fingerprint, str(cands.path)) if args.carry else {}
+    rule_ranks = {name: target_ranks(source, target_index) for name, source in rules.items()}
+    carried = (carried_rows(ROOT / args.carry, not_run, dataset.fingerprint, str(cands.path), rule_ranks)
+               if args.carry else {})
     not_run = [name for name in not_run if name not in carried]
     for name, row in carried.items():
         log.info("%s: carried from %s (%s)", name, row["carried_from"], "with per-user ranks" if "target_ranks" in row
