@@ -1,0 +1,44 @@
+"""bench/llm_experiment.py carried_rows: rows of an earlier results file join today's table only for the same split
+and candidates (same fingerprint, or equal per-user ranks of every recorded rule row)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    sys.path.insert(0, str(BENCH))  # the script imports its sibling modules, as when run from bench/
+    try:
+        spec = importlib.util.spec_from_file_location("llm_experiment", BENCH / "llm_experiment.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def write(path: Path, fingerprint: str, popular: list[int], session: list[int]) -> Path:
+    path.write_text(json.dumps({"fingerprint": fingerprint, "candidate_file": "x/test-uniform-n10-seed0.arrow",
+                                "rows": {"LLaRA": {"HR@1": 0.5, "target_ranks": [1, 2, 1]},
+                                         "popular": {"target_ranks": popular}, "session category": {"target_ranks": session}}}))
+    return path
+
+
+def test_rows_carry_on_the_same_fingerprint_or_equal_rule_ranks(experiment, tmp_path):
+    today = {"popular": np.array([1, 3, 2]), "session category": np.array([2, 1, 1])}
+    cands = "y/test-uniform-n10-seed0.arrow"
+    same = write(tmp_path / "a.json", "f" * 64, [9, 9, 9], [9, 9, 9])
+    assert experiment.carried_rows(same, ["LLaRA"], "f" * 64, cands, today)["LLaRA"]["HR@1"] == 0.5
+    moved = write(tmp_path / "b.json", "e" * 64, [1, 3, 2], [2, 1, 1])  # old fingerprint format, same ranks
+    assert set(experiment.carried_rows(moved, ["LLaRA", "text-only LLM"], "f" * 64, cands, today)) == {"LLaRA"}
+    other = write(tmp_path / "c.json", "e" * 64, [1, 3, 2], [1, 1, 2])  # one rule's ranks differ: other data
+    assert experiment.carried_rows(other, ["LLaRA"], "f" * 64, cands, today) == {}
+    assert experiment.carried_rows(moved, ["LLaRA"], "f" * 64, cands, {"popular": today["popular"]}) == {}  # one rule
+    assert experiment.carried_rows(moved, ["LLaRA"], "f" * 64, "y/test-popular-n100.arrow", today) == {}
