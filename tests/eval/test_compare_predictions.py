@@ -1,21 +1,15 @@
 """bench/compare_predictions.py --against-row: a prediction file paired with a committed row's per-user ranks."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "compare_predictions.py"
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_predictions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(bench_script):
+    return bench_script("compare_predictions")
 
 
 def write_predictions(path: Path, scores: np.ndarray, targets: list[int], order: list[int]) -> Path:

@@ -1,27 +1,16 @@
 """bench/llm_experiment.py carried_rows: rows of an earlier results file join today's table only for the same split
 and candidates (same fingerprint, or equal per-user ranks of every recorded rule row)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
 
 @pytest.fixture(scope="module")
-def experiment():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling modules, as when run from bench/
-    try:
-        spec = importlib.util.spec_from_file_location("llm_experiment", BENCH / "llm_experiment.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+def experiment(bench_script):
+    return bench_script("llm_experiment")
 
 
 def write(path: Path, fingerprint: str, popular: list[int], session: list[int]) -> Path:

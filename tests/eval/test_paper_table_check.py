@@ -1,20 +1,12 @@
 """bench/m3bsr_table2_check.py: its bounds accept every real one-target ranking and reject the paper's rows."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-CHECK = Path(__file__).resolve().parents[2] / "bench" / "m3bsr_table2_check.py"
-
 
 @pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("m3bsr_table2_check", CHECK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(bench_script):
+    return bench_script("m3bsr_table2_check")
 
 
 def metrics(ranks: np.ndarray) -> tuple[float, float, float, float]:
