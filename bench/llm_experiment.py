@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             ranks = ranks_of(source, rows_of_split)
             metrics = evaluate_predictions(read_predictions(source), ks=(1, 3))
         else:
-            ranks = target_ranks(source, target_index)
+            ranks = rule_ranks[name]
             metrics = {"HR@1": float((ranks <= 1).mean()), "HR@3": float((ranks <= 3).mean()),
                        "NDCG@3": float(np.where(ranks <= 3, 1 / np.log2(ranks + 1), 0).mean())}
         per_user[name] = (ranks == 1).astype(float)

@@ -133,10 +133,11 @@ def generate_texts(llm: Any, vllm: Any, embeds: Sequence[torch.Tensor], sampling
         params = [sampling_params(vllm, sampling, c) for c in choices]
     requests = [{"prompt_embeds": tensor} for tensor in embeds]
     waves = [[i] for i in range(len(requests))] if lora is not None else [list(range(len(requests)))]
+    adapter = lora_request(vllm, lora)
     texts: list[str] = []
     for wave in waves:
-        outputs = llm.generate([requests[i] for i in wave], [params[i] for i in wave],
-                               lora_request=lora_request(vllm, lora), use_tqdm=False)
+        outputs = llm.generate([requests[i] for i in wave], [params[i] for i in wave], lora_request=adapter,
+                               use_tqdm=False)
         if len(outputs) != len(wave):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(wave)} prompts")
         texts.extend(out.outputs[0].text for out in outputs)
