@@ -326,28 +326,30 @@ def run_inference(cfg: InferConfig, dataset: Any, tables: Any, *, progress: bool
 
     generations = scores = generator = None
     timings: dict[str, float] = {}
-    if mode in ("generate", "both"):
-        t0 = time.perf_counter()
-        generator = make_generator(cfg, model, prompt_collator, answer_collator, checkpoint, autocast)
-        engine = generator.where() if isinstance(generator, VLLMGenerator) else "HF generate"
-        logger.info("generate: %s; the TMF model (prompt embeddings) on %s, precision %s", engine, device,
-                    cfg.precision)
-        generations = generator.generate(prompts, cfg.batch_size, progress)
-        timings["generate_s"] = time.perf_counter() - t0
-    if mode in ("rank", "both"):
-        t0 = time.perf_counter()
-        if cfg.backend == "vllm":
-            if not isinstance(generator, VLLMGenerator):  # in-process, the generator keeps its engine for both
-                generator = make_generator(cfg, model, prompt_collator, answer_collator, checkpoint, autocast)
-            logger.info("rank: %s, answer log-likelihoods from prompt logprobs; the TMF model (prompt embeddings) "
-                        "on %s, precision %s", generator.where(), device, cfg.precision)
-            scores = generator.rank(prompts, cfg.batch_size, progress)
-        else:
-            logger.info("rank: HF model on %s (%s, %s)", device, cfg.rank_method, cfg.precision)
-            scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
-        timings["rank_s"] = time.perf_counter() - t0
-    if isinstance(generator, VLLMGenerator):
-        generator.close()
+    try:
+        if mode in ("generate", "both"):
+            t0 = time.perf_counter()
+            generator = make_generator(cfg, model, prompt_collator, answer_collator, checkpoint, autocast)
+            engine = generator.where() if isinstance(generator, VLLMGenerator) else "HF generate"
+            logger.info("generate: %s; the TMF model (prompt embeddings) on %s, precision %s", engine, device,
+                        cfg.precision)
+            generations = generator.generate(prompts, cfg.batch_size, progress)
+            timings["generate_s"] = time.perf_counter() - t0
+        if mode in ("rank", "both"):
+            t0 = time.perf_counter()
+            if cfg.backend == "vllm":
+                if not isinstance(generator, VLLMGenerator):  # in-process, the generator keeps its engine for both
+                    generator = make_generator(cfg, model, prompt_collator, answer_collator, checkpoint, autocast)
+                logger.info("rank: %s, answer log-likelihoods from prompt logprobs; the TMF model (prompt embeddings) "
+                            "on %s, precision %s", generator.where(), device, cfg.precision)
+                scores = generator.rank(prompts, cfg.batch_size, progress)
+            else:
+                logger.info("rank: HF model on %s (%s, %s)", device, cfg.rank_method, cfg.precision)
+                scores = rank_prompts(cfg, model, answer_collator, renderer, prompts, autocast, progress)
+            timings["rank_s"] = time.perf_counter() - t0
+    finally:  # the vLLM engine (a subprocess, or the device's memory) is released on errors too
+        if isinstance(generator, VLLMGenerator):
+            generator.close()
     records = prediction_records(dataset, renderer, cfg.split, rows, prompts, generations, scores, cfg.save_prompts)
     write_jsonl(output, records)
     meta = {"config": to_dict(cfg), "checkpoint": None if checkpoint is None else str(checkpoint),

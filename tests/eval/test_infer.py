@@ -163,3 +163,33 @@ def test_dropped_modalities_change_hard_prompts_only(tmp_path, peaked_lm_dir, sh
     for bad in ("[image,text,graph]", "[image,image]", "[audio]"):
         with pytest.raises(ConfigError):
             load_infer_config(None, [f"checkpoint={checkpoint}", f"drop_modalities={bad}"])
+
+
+def test_a_vllm_engine_is_closed_when_generation_fails(tmp_path, peaked_lm_dir, shop, tables, monkeypatch):
+    """The engine (a subprocess, or accelerator memory) is released when ``generate`` raises, not only on
+    success. vLLM cannot start in the test environment, so the generator is a ``VLLMGenerator`` subclass
+    without an engine whose ``generate`` fails; everything else (checkpoint, prompts, collators) is real."""
+    import llmrec.eval.infer as infer_module
+    from llmrec.generation.vllm import VLLMGenerator
+
+    closed = []
+
+    class FailingEngine(VLLMGenerator):
+        def __init__(self) -> None:  # no engine: nothing to start
+            pass
+
+        def where(self) -> str:
+            return "a failing engine"
+
+        def generate(self, prompts, batch_size=8, progress=True):
+            raise RuntimeError("engine died")
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(infer_module, "make_generator", lambda *args: FailingEngine())
+    checkpoint = save_checkpoint(tmp_path / "ckpt", peaked_lm_dir, tables)
+    cfg = load_infer_config(None, [f"checkpoint={checkpoint}", "mode=generate", "precision=fp32", "n_users=2"])
+    with pytest.raises(RuntimeError, match="engine died"):
+        run_inference(cfg, shop, tables, progress=False)
+    assert closed == [True]
