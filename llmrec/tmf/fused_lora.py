@@ -9,7 +9,8 @@ CPU these elementwise passes cost as much as a large share of the matrix product
     h = (dropout(x) @ A^T) * scaling          # the scaling on the rank-r activations
     y = (x @ W^T + b).addmm_(h, B^T)           # the sum inside the second matrix product, in place
 
-with the input cast once. In fp32 it matches PEFT's output to rounding (the products are associated
+with the input cast once, and the frozen base weight cast to the autocast dtype once and kept (not in every pass).
+In fp32 it matches PEFT's output to rounding (the products are associated
 differently); in bf16 both round at other places, so losses differ in the third or fourth digit (tested).
 Parameters, their names and the saved adapter are PEFT's own: only ``forward`` of each layer changes.
 
@@ -61,19 +62,38 @@ class FusedLoraLinear(LoraLinear):
         x_lora = x_base if dropped is x else dropped.to(dtype)
         bias = None if base.bias is None else base.bias.to(dtype)
         with torch.autocast(x.device.type, enabled=False):  # every operand is already in the compute dtype
-            flat = F.linear(x_base.reshape(-1, x.shape[-1]), base.weight.to(dtype), bias)
+            flat = F.linear(x_base.reshape(-1, x.shape[-1]), self._base_weight_in(dtype), bias)
             h = F.linear(x_lora.reshape(-1, x.shape[-1]), a.to(dtype)) * self.scaling[name]
             # in place: the linear's backward keeps its input and weight, not its output
             flat.addmm_(h, b.to(dtype).t())
         return flat.view(*x.shape[:-1], flat.shape[-1])
 
+    def _base_weight_in(self, dtype: torch.dtype) -> torch.Tensor:
+        """The frozen base weight in ``dtype``, cast once and kept (bf16 autocast would otherwise cast every
+        layer's weight again in every forward pass: ~0.1 GB of reads and writes per pass for SmolLM2-135M).
 
-def fuse_lora_linears(model: nn.Module) -> int:
-    """Turn every plain LoRA ``Linear`` of ``model`` (over an ``nn.Linear``) into a :class:`FusedLoraLinear`;
-    returns how many."""
+        The copy is rebuilt when the weight changes in place (``_version``: merging, loading) or moves
+        (``data_ptr``, device). A weight that trains, or is already in ``dtype``, is used as before. The copy is a
+        plain attribute, not a buffer: it is not saved, and costs ``dtype``'s bytes per base weight in memory."""
+        weight = self.base_layer.weight
+        if weight.dtype == dtype or weight.requires_grad or not self.__dict__.get("keep_cast_weights", True):
+            return weight.to(dtype)
+        key = (dtype, weight.device, weight.data_ptr(), weight._version)
+        cached = self.__dict__.get("_base_weight_cast")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False):  # a copy made during evaluation must serve training too
+                cached = (key, weight.detach().to(dtype))
+            self.__dict__["_base_weight_cast"] = cached
+        return cached[1]
+
+
+def fuse_lora_linears(model: nn.Module, keep_cast_weights: bool = True) -> int:
+    """Turn every plain LoRA ``Linear`` of ``model`` (over an ``nn.Linear``) into a :class:`FusedLoraLinear`
+    (``keep_cast_weights``: keep each frozen base weight's autocast copy between passes); returns how many."""
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear and type(module.base_layer) is nn.Linear:
             module.__class__ = FusedLoraLinear
+            module.__dict__["keep_cast_weights"] = keep_cast_weights
             count += 1
     return count

@@ -71,6 +71,11 @@ class LoRASettings:
     fused: bool = True
     """Run the LoRA layers with :class:`llmrec.tmf.fused_lora.FusedLoraLinear` (the same function with less
     elementwise work: 1.14x faster training steps on a CPU); false keeps PEFT's forward."""
+    keep_cast_weights: bool = True
+    """With ``fused`` and autocast to a dtype other than the base weights' (bf16 autocast over fp32 weights, the CPU
+    recipes): cast each frozen base weight once and keep the copy, instead of casting it in every forward pass.
+    The peak memory of a training step is unchanged (each pass keeps its casts for the backward pass anyway);
+    between steps the copies stay (half the fp32 weights' bytes). False casts in every pass, as PEFT does."""
 
     def validate(self) -> None:
         if self.r < 1 or self.alpha <= 0:
@@ -219,7 +224,8 @@ class TMFModel(nn.Module):
                           lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules))
         self.peft_model = get_peft_model(lm, lora)
         if cfg.lora.fused:
-            logger.debug("fused LoRA forward on %d layers", fuse_lora_linears(self.peft_model))
+            logger.debug("fused LoRA forward on %d layers", fuse_lora_linears(self.peft_model,
+                                                                             cfg.lora.keep_cast_weights))
         self.causal_lm = self.peft_model.get_base_model()
         if cfg.lm.gradient_checkpointing:
             self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -122,3 +122,52 @@ def test_checkpoints_from_before_the_fused_forward_reload_with_peft_s(tiny_lm_di
     assert type(lora_layers(TMFModel.from_pretrained(tmp_path / "old", tables))[0]) is LoraLinear
     reloaded = TMFModel.from_pretrained(tmp_path / "old", tables, overrides=["lora.fused=true"])
     assert type(lora_layers(reloaded)[0]) is FusedLoraLinear
+
+
+def test_bf16_base_weights_are_cast_once_and_recast_when_they_change(tiny_lm_dir, tables, batch):
+    """Under bf16 autocast the frozen base weights are cast once and kept: the same loss and gradients to the
+    bit as a fresh cast, one copy per layer across passes, a new copy after an in-place change (merge /
+    unmerge, loading), and a copy made in inference mode (ranking during training) serves training."""
+    _, fused = models(tiny_lm_dir, tables)
+    layer = lora_layers(fused)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_first, grads_first = loss_and_grads(fused, batch)
+        cast = layer._base_weight_cast[1]
+        assert cast.dtype == torch.bfloat16 and torch.equal(cast, layer.base_layer.weight.to(torch.bfloat16))
+        loss_again, grads_again = loss_and_grads(fused, batch)
+        assert layer._base_weight_cast[1] is cast  # kept, not cast again
+        assert torch.equal(loss_first, loss_again)
+        assert all(torch.equal(a, b) for a, b in zip(grads_first, grads_again))
+        for module in lora_layers(fused):  # without the kept copies: the same numbers, cast afresh
+            del module.__dict__["_base_weight_cast"]
+        loss_fresh, grads_fresh = loss_and_grads(fused, batch)
+        assert torch.equal(loss_fresh, loss_first) and all(torch.equal(a, b) for a, b in zip(grads_first, grads_fresh))
+
+        with torch.no_grad():
+            layer.base_layer.weight.mul_(2.0)  # an in-place change of a frozen weight (what merging does)
+        changed, _ = loss_and_grads(fused, batch)
+        assert not torch.equal(changed, loss_first)
+        assert torch.equal(layer._base_weight_cast[1], layer.base_layer.weight.to(torch.bfloat16))
+        with torch.no_grad():
+            layer.base_layer.weight.mul_(0.5)
+
+        for module in lora_layers(fused):
+            module.__dict__.pop("_base_weight_cast", None)
+        fused.eval()
+        with torch.inference_mode():
+            fused.hidden_states(batch)  # the copies are made here, in inference mode
+        fused.train()
+        loss_after_eval, _ = loss_and_grads(fused, batch)  # inference tensors could not be saved for backward
+    assert torch.equal(loss_after_eval, loss_first)
+    assert layer._base_weight_in(torch.float32) is layer.base_layer.weight  # fp32: the weight itself, no copy
+
+
+def test_kept_casts_can_be_turned_off(tiny_lm_dir, tables, batch):
+    cfg = tiny_model_config(tiny_lm_dir)
+    cfg.lora.keep_cast_weights = False
+    model = TMFModel(cfg, tables).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(batch).loss.backward()
+    layer = lora_layers(model)[0]
+    assert type(layer) is FusedLoraLinear and "_base_weight_cast" not in layer.__dict__
+
