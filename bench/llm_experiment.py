@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = list(itertools.pairwise([n for n in table3 if n in per_user]))  # neighbouring Table 3 rows that ran
     # the other rows against full TMF; without its per-user ranks (a carried row), against the first LLM row with them
     reference = full if full in per_user else next((n for n in llm_rows if n in per_user), full)
-    pairs += [(other, reference) for other in ("full TMF, no curriculum", "LLaRA", *conventional, *RULES_COMPARED)
+    # every LLM row outside Table 3 (no curriculum, LLaRA, the modalities switched off in training), then the others
+    pairs += [(other, reference) for other in (*[n for n in llm_rows if n not in table3], *conventional, *RULES_COMPARED)
               if other != reference]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
     paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]
