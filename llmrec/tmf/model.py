@@ -75,7 +75,8 @@ class LoRASettings:
     """With ``fused`` and autocast to a dtype other than the base weights' (bf16 autocast over fp32 weights, the CPU
     recipes): cast each frozen base weight once and keep the copy, instead of casting it in every forward pass.
     The peak memory of a training step is unchanged (each pass keeps its casts for the backward pass anyway);
-    between steps the copies stay (half the fp32 weights' bytes). False casts in every pass, as PEFT does."""
+    between steps the copies stay (half the fp32 weights' bytes), and in inference (no backward pass) they add
+    that much to the peak. False casts in every pass, as PEFT does."""
 
     def validate(self) -> None:
         if self.r < 1 or self.alpha <= 0:
