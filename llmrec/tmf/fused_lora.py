@@ -46,6 +46,9 @@ class FusedLoraLinear(LoraLinear):
     """PEFT's LoRA ``Linear`` with the fused forward; layers become one by a class swap (:func:`fuse_lora_linears`),
     so parameters, state-dict names, ``isinstance`` checks, merging and deep copies stay PEFT's."""
 
+    keep_cast_weights = True  # set per layer by fuse_lora_linears (model.lora.keep_cast_weights)
+    _base_weight_cast: tuple[tuple, torch.Tensor] | None = None  # (key, the frozen base weight in the autocast dtype)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapters = self.active_adapters
         if (args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1
@@ -76,15 +79,13 @@ class FusedLoraLinear(LoraLinear):
         (``data_ptr``, device). A weight that trains, or is already in ``dtype``, is used as before. The copy is a
         plain attribute, not a buffer: it is not saved, and costs ``dtype``'s bytes per base weight in memory."""
         weight = self.base_layer.weight
-        if weight.dtype == dtype or weight.requires_grad or not self.__dict__.get("keep_cast_weights", True):
+        if weight.dtype == dtype or weight.requires_grad or not self.keep_cast_weights:
             return weight.to(dtype)
         key = (dtype, weight.device, weight.data_ptr(), weight._version)
-        cached = self.__dict__.get("_base_weight_cast")
-        if cached is None or cached[0] != key:
+        if self._base_weight_cast is None or self._base_weight_cast[0] != key:
             with torch.inference_mode(False):  # a copy made during evaluation must serve training too
-                cached = (key, weight.detach().to(dtype))
-            self.__dict__["_base_weight_cast"] = cached
-        return cached[1]
+                self._base_weight_cast = (key, weight.detach().to(dtype))
+        return self._base_weight_cast[1]
 
 
 def fuse_lora_linears(model: nn.Module, keep_cast_weights: bool = True) -> int:
@@ -94,6 +95,6 @@ def fuse_lora_linears(model: nn.Module, keep_cast_weights: bool = True) -> int:
     for module in model.modules():
         if type(module) is LoraLinear and type(module.base_layer) is nn.Linear:
             module.__class__ = FusedLoraLinear
-            module.__dict__["keep_cast_weights"] = keep_cast_weights
+            module.keep_cast_weights = keep_cast_weights
             count += 1
     return count
