@@ -109,11 +109,17 @@ ROW_CHANGES = {
     "baselines/llara_shop.yaml": {"graph_config": "configs/graph/sasrec_shop.yaml", "model.fusion.enabled": False,
                                   "curriculum.tasks": ["easy", "hard"], "prompts.behavior_slots": False},
 }
+CATEGORY_FIRST = {"data_overrides": ["max_history=20", "synthetic.title_order=category_first"]}  # the answer-format probe
+ROW_CHANGES_SHOP_ONLY = {
+    "ablations/text_only_shop_category_first.yaml": {**ROW_CHANGES["ablations/text_only_shop.yaml"], **CATEGORY_FIRST},
+    "ablations/tmf_full_shop_category_first.yaml": CATEGORY_FIRST,
+}
 # The ML-100k table: the same rows against tmf_full_ml100k.yaml (no images there: no separate AMSA-only row).
 ROW_CHANGES.update({
     name.replace("_shop", "_ml100k"): {k: (v.replace("_shop", "_ml100k") if isinstance(v, str) else v) for k, v in change.items()}
     for name, change in ROW_CHANGES.items() if "item_tokens_amsa" not in name and "_off_" not in name
 })
+ROW_CHANGES.update(ROW_CHANGES_SHOP_ONLY)
 
 
 @pytest.mark.parametrize("name", sorted(ROW_CHANGES))

@@ -48,7 +48,7 @@ NOT_IN_FINGERPRINT = ("name", "path", "items_path", "cache_dir", "candidates")
 # the shop's fingerprint).
 ADDED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
     ("llara_dataset",): None, ("llara_splits",): list(SPLITS), ("verify_sha256",): True,
-    ("columns", "id_map"): {}, ("item_columns", "extra"): [],
+    ("columns", "id_map"): {}, ("item_columns", "extra"): [], ("synthetic", "title_order"): "brand_first",
 }
 
 

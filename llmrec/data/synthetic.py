@@ -82,6 +82,7 @@ SILHOUETTES: dict[str, list[tuple[Any, ...]]] = {
                             (.82, .86), (.76, .42), (.74, .92), (.26, .92), (.24, .42), (.18, .86), (.06, .86),
                             (.10, .30)])],
 }
+TITLE_ORDERS = ("brand_first", "category_first")  # SyntheticConfig.title_order
 ATTRIBUTE_MODALITIES = {  # where each attribute can be read (with visual_attributes_in_text=False)
     "category": ["title", "text", "image"], "size": ["title", "text", "image"], "brand": ["title", "text"],
     "material": ["text"], "color": ["image"], "pattern": ["image"],
@@ -118,6 +119,7 @@ class SyntheticConfig:
     purchase_cart_probability: float = 0.5  # with the cascade: the purchased item is carted in its session
     abandoned_cart_probability: float = 0.15  # another viewed item of the category is carted
     visual_attributes_in_text: bool = False  # control: also name color and pattern in title and text
+    title_order: str = "brand_first"  # "Acme Coro shorts (M)"; "category_first": "shorts: Acme Coro (M)"
     start_timestamp: int = 1_700_000_000
 
     def validate(self) -> None:
@@ -148,6 +150,8 @@ class SyntheticConfig:
                     "abandoned_cart_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}: expected a probability in [0, 1], got {getattr(self, key)}")
+        if self.title_order not in TITLE_ORDERS:
+            raise ConfigError(f"title_order: expected one of {list(TITLE_ORDERS)}, got {self.title_order!r}")
         if self.visual_user_fraction + self.textual_user_fraction > 1.0:
             raise ConfigError(f"visual_user_fraction + textual_user_fraction must be <= 1, got "
                               f"{self.visual_user_fraction} + {self.textual_user_fraction}")
@@ -216,6 +220,18 @@ def draw_item_image(category: str, color: str, pattern: str, size: str, image_si
     return Image.composite(fill, Image.new("RGB", (image_size, image_size), BACKGROUND), mask)
 
 
+def _title(order: str, attrs: dict[str, str], model: str, visual: str) -> str:
+    """The item's title: brand, model, category and size, in ``order`` (``SyntheticConfig.title_order``).
+
+    ``brand_first`` ("Acme Coro shorts (M)") reads like a product listing; ``category_first`` ("shorts: Acme
+    Coro (M)") puts the attribute the session rule needs first, so an LLM answering with the title names the
+    category in its first token (docs/synthetic_shop.md "Title order"). Same draws, same items either way.
+    """
+    if order == "category_first":
+        return f"{visual}{attrs['category']}: {attrs['brand']} {model} ({attrs['size']})"
+    return f"{attrs['brand']} {model} {visual}{attrs['category']} ({attrs['size']})"
+
+
 def _build_catalog(cfg: SyntheticConfig, image_dir: Path) -> pd.DataFrame:
     """Items with attributes, unique titles, descriptions and drawn images (catalog stream)."""
     rng = np.random.default_rng([cfg.seed, 1])
@@ -231,9 +247,9 @@ def _build_catalog(cfg: SyntheticConfig, image_dir: Path) -> pd.DataFrame:
         visual = f"{attrs['color']} {attrs['pattern']} " if cfg.visual_attributes_in_text else ""
         for attempt in range(1000):
             model = "".join(parts[int(rng.integers(len(parts)))] for parts in MODEL_NAME_PARTS)
-            title = f"{attrs['brand']} {model} {visual}{attrs['category']} ({attrs['size']})"
             if attempt >= 100:
-                title = f"{attrs['brand']} {model} {attempt} {visual}{attrs['category']} ({attrs['size']})"
+                model = f"{model} {attempt}"
+            title = _title(cfg.title_order, attrs, model, visual)
             if title not in titles:
                 break
         titles.add(title)

@@ -239,6 +239,19 @@ def test_control_puts_visual_attributes_in_text(tmp_path):
         assert row["color"] in row["title"] and row["pattern"] in row["text"]
 
 
+def test_category_first_titles_change_only_the_titles(tmp_path):
+    """Same draws, same items and interactions; each title starts with its category and keeps every word."""
+    interactions, catalog = generate_shop(SyntheticConfig(**SMALL), tmp_path / "brand")
+    again, reordered = generate_shop(SyntheticConfig(title_order="category_first", **SMALL), tmp_path / "category")
+    pd.testing.assert_frame_equal(again, interactions)
+    other = [c for c in catalog.columns if c not in ("title", "image")]
+    pd.testing.assert_frame_equal(reordered[other], catalog[other])
+    for (_, row), old in zip(reordered.iterrows(), catalog["title"]):
+        assert row["title"].startswith(f"{row['category']}: {row['brand']} "), row["title"]
+        assert sorted(row["title"].replace(":", "").split()) == sorted(old.split()), (row["title"], old)
+    assert reordered["title"].is_unique
+
+
 def test_images_show_the_item_color_and_pattern(shop):
     _, _, catalog, _ = shop
     palette = np.array(list(COLORS.values()), dtype=float)
@@ -284,6 +297,7 @@ def test_ensure_shop_reuses_or_regenerates(tmp_path):
     ({"purchase_cart_probability": 1.5}, "purchase_cart_probability"), ({"image_size": 4}, "image_size"),
     ({"purchase_cascade_probability": -0.1}, "purchase_cascade_probability"),
     ({"n_items": 3}, "n_items"), ({"preference_strength": -1.0}, "preference_strength"),
+    ({"title_order": "size_first"}, "title_order"),
 ])
 def test_nonsense_configs_are_rejected_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
