@@ -63,6 +63,19 @@ def aligned_key(path: Path) -> list[tuple]:
             for r in records]
 
 
+def check_aligned(keys: dict[str, list[tuple]]) -> list[tuple] | None:
+    """The rows' shared :func:`aligned_key` (None without rows); stops naming the row and test row that differ."""
+    if not keys:
+        return None
+    first_name, reference = next(iter(keys.items()))
+    for name, key in keys.items():
+        if key != reference:
+            where = next((i for i, (a, b) in enumerate(zip(key, reference)) if a != b), min(len(key), len(reference)))
+            raise SystemExit(f"{name}: users, targets or candidate items differ from {first_name}'s at test row "
+                             f"{where} ({len(key)} vs {len(reference)} users); the two title orders must share them")
+    return reference
+
+
 def pick_shares(path: Path, dataset, session: np.ndarray) -> dict[str, float]:
     """Share of users whose top-ranked candidate has the target's category / the session's category."""
     category = dict(zip(dataset.catalog["item_id"].astype(str), dataset.catalog["category"].astype(str)))
@@ -83,13 +96,14 @@ def markdown(results: dict) -> str:
              f"{results['session_rule_hr1']:.3f}.")
     lines = [intro, "",
              ("| model | titles | HR@1 (rank) | 95% CI | HR@3 | pick in target's category | pick in session's category "
-              "| gen HR@1 | ValidRatio | steps | train min |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| gen HR@1 | ValidRatio | constrained HR@1 | steps | train min | peak RSS GiB |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         lines.append(f"| {row['model']} | {row['titles']} | {row['HR@1']:.3f} | [{row['HR@1_ci'][0]:.3f}, "
                      f"{row['HR@1_ci'][1]:.3f}] | {row['HR@3']:.3f} | {row['pick_in_target_category']:.3f} | "
                      f"{row['pick_in_session_category']:.3f} | {row['generate']['HitRate@1']:.3f} | "
-                     f"{row['generate']['ValidRatio']:.3f} | {row['steps']} | {row['train_minutes']:.0f} |")
+                     f"{row['generate']['ValidRatio']:.3f} | {row['constrained']['HitRate@1']:.3f} | {row['steps']} | "
+                     f"{row['train_minutes']:.0f} | {row['peak_rss_mib'] / 1024:.1f} |")
     if results["not_run"]:
         lines += ["", "Not run (no finished run): " + ", ".join(results["not_run"]) + "."]
     if results["paired"]:
@@ -177,14 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                           "steps": load_trainer_state(checkpoint)["step"],
                           "train_minutes": sum(json.loads(line)["seconds"] for line in
                                                metrics_file.read_text().splitlines()) / 60,
+                          "peak_rss_mib": max((json.loads(line).get("peak_rss_mib", 0.0) for line in
+                                               metrics_file.read_text().splitlines()), default=0.0),
                           "validation_curve": learning_curve(recipe),
                           "fingerprint": dataset.fingerprint}
-    reference = next(iter(keys.values()), None)
-    for name, key in keys.items():
-        if key != reference:
-            first = next(i for i, (a, b) in enumerate(zip(key, reference)) if a != b) if len(key) == len(reference) else 0
-            raise SystemExit(f"{name}: users, targets or candidate items differ from {next(iter(keys))} "
-                             f"(first difference at test row {first}); the orders must share them")
+    reference = check_aligned(keys)
     paired = []
     for a, b in [*((f"{m} (brand-first)", f"{m} (category-first)") for m in MODELS),
                  *((f"text-only LLM ({o})", f"full TMF (AMSA + CMA) ({o})") for o in ("brand-first", "category-first"))]:

@@ -1,0 +1,50 @@
+"""bench/title_order.py: the two title orders are compared only on the same users, targets and candidate items,
+and the pick shares count the top-ranked candidate's category."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def title_order(bench_script):
+    return bench_script("title_order")
+
+
+def write(path, rows):
+    """A mode=rank predictions file: ``rows`` of (user, candidate item ids, target index, scores)."""
+    lines = []
+    for row, (user, items, target, scores) in enumerate(rows):
+        candidates = [{"item_id": item, "title": f"title {item}"} for item in items]
+        lines.append(json.dumps({"user": user, "split": "test", "row": row, "task": "easy", "paraphrase": 0,
+                                 "candidates": candidates, "target_index": target, "target": candidates[target],
+                                 "scores": scores, "ranked_index": int(np.argmax(scores))}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ROWS = [("u1", ["a", "b", "c"], 0, [0.0, 1.0, -1.0]), ("u2", ["c", "a", "b"], 2, [0.0, -1.0, 2.0])]
+
+
+def test_orders_must_share_users_targets_and_candidates(title_order, tmp_path):
+    brand = title_order.aligned_key(write(tmp_path / "brand.jsonl", ROWS))
+    same = title_order.aligned_key(write(tmp_path / "same.jsonl", [(u, i, t, [1.0, 0.0, 0.0]) for u, i, t, _ in ROWS]))
+    assert title_order.check_aligned({"brand": brand, "category": same}) == brand  # scores may differ
+    other = title_order.aligned_key(write(tmp_path / "other.jsonl", [ROWS[0], ("u2", ["c", "a", "d"], 2, [0, 0, 1])]))
+    with pytest.raises(SystemExit, match="test row 1"):
+        title_order.check_aligned({"brand": brand, "category": other})
+    with pytest.raises(SystemExit, match="1 vs 2 users"):
+        title_order.check_aligned({"brand": brand, "category": brand[:1]})
+    assert title_order.check_aligned({}) is None
+
+
+def test_pick_shares_count_the_top_candidates_category(title_order, tmp_path):
+    catalog = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "category": ["cap", "cap", "socks", "cap"]})
+    dataset = SimpleNamespace(catalog=catalog)
+    session = np.array([[0, 0, 1], [1, 0, 0]])  # user 1's session is socks (c), user 2's socks (c, first)
+    shares = title_order.pick_shares(write(tmp_path / "p.jsonl", ROWS), dataset, session)
+    # user 1 picks b (cap; target a is cap; session socks), user 2 picks b (cap; target b): 2/2 and 0/2
+    assert shares == {"pick_in_target_category": 1.0, "pick_in_session_category": 0.0}
