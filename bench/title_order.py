@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                            "torch": torch.__version__, "threads": torch.get_num_threads()},
                "wall_s": time.perf_counter() - started}
-    (out / "title_order.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+    text = json.dumps(results, indent=1, default=float).replace(str(ROOT) + "/", "")  # paths relative to the repo
+    (out / "title_order.json").write_text(text, encoding="utf-8")
     text = markdown(results)
     (out / "title_order.md").write_text(text, encoding="utf-8")
     if rows:
