@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from llm_experiment import finished_checkpoint, learning_curve, llm_predictions  # bench/ is on sys.path
+from llm_experiment import finished_checkpoint, learning_curve, llm_predictions, ranks_of  # bench/ is on sys.path
 from matplotlib.figure import Figure
 
 from llmrec.data.candidates import load_candidates
@@ -179,20 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             if session_rule is None:  # the rule row of bench/rule_rows.py: session category, then popularity
                 rule = rule_scores(dataset, SPLIT, items)["session category"]
                 session_rule = float((target_ranks(rule, target_index) == 1).mean())
-            records = sorted(read_predictions(files["rank"]).records, key=lambda r: r["row"])
-            ranks = target_ranks(np.array([r["scores"] for r in records]), np.array([r["target_index"] for r in records]))
+            ranks = ranks_of(files["rank"], np.arange(items.shape[0]))
             hits[name] = (ranks == 1).astype(float)
-            metrics_file = checkpoint.parents[1] / "metrics.jsonl"
-            rows[name] = {"model": model, "titles": order.replace("_", "-"), "recipe": recipe, "checkpoint": str(checkpoint), "HR@1": float(hits[name].mean()),
+            steps = [json.loads(line) for line in (checkpoint.parents[1] / "metrics.jsonl").read_text().splitlines()]
+            rows[name] = {"model": model, "titles": order.replace("_", "-"), "recipe": recipe,
+                          "checkpoint": str(checkpoint), "HR@1": float(hits[name].mean()),
                           "HR@1_ci": list(bootstrap_interval(hits[name], n_boot=N_BOOT)),
                           "HR@3": float((ranks <= 3).mean()), **pick_shares(files["rank"], dataset, session),
                           "generate": evaluate_predictions(read_predictions(files["generate"])),
                           "constrained": evaluate_predictions(read_predictions(files["constrained"])),
                           "steps": load_trainer_state(checkpoint)["step"],
-                          "train_minutes": sum(json.loads(line)["seconds"] for line in
-                                               metrics_file.read_text().splitlines()) / 60,
-                          "peak_rss_mib": max((json.loads(line).get("peak_rss_mib", 0.0) for line in
-                                               metrics_file.read_text().splitlines()), default=0.0),
+                          "train_minutes": sum(step["seconds"] for step in steps) / 60,
+                          "peak_rss_mib": max((step.get("peak_rss_mib", 0.0) for step in steps), default=0.0),
                           "validation_curve": learning_curve(recipe),
                           "fingerprint": dataset.fingerprint}
     reference = check_aligned(keys)
