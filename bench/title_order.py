@@ -8,8 +8,9 @@ candidate's brand, two steps in one token. With ``synthetic.title_order=category
 the first answer token is the category itself. Same users, items, interactions and frozen candidate items; only
 the titles (in the prompt and in the answer) differ.
 
-Rows: the text-only LLM and full TMF, each trained with brand-first titles (``configs/ablations/{text_only,
-tmf_full}_shop.yaml``) and with category-first titles (``..._category_first.yaml``), scored on the same 300 test
+Rows: the four TMF Table 3 rows (text-only LLM, + behavior tokens, + item tokens with AMSA, full TMF), each trained
+with brand-first titles (``configs/ablations/{text_only,behavior_tokens,item_tokens_amsa,tmf_full}_shop.yaml``) and
+with category-first titles (``..._category_first.yaml``), scored on the same 300 test
 users (ranking by answer log-likelihood; free and constrained generation on a seeded subset, as
 ``bench/llm_experiment.py`` does; brand-first predictions are reused from its ``bench/out/shop_experiment`` when
 they were made with the same checkpoint). The script stops if the two title orders do not give the same users,
@@ -17,8 +18,8 @@ targets and candidate items. A row without a finished run (``max_steps`` reached
 
 Reported per row: ranking HR@1 (95% bootstrap interval over users, 2,000 resamples, seed 0), HR@3, the share of
 users whose top-ranked candidate is of the target's category and of the session's category (the rule that scores
-0.787), generation HR@1 and ValidRatio; paired differences (same users): category-first minus brand-first per
-model, and full TMF minus text-only per title order. Writes ``title_order.{json,md,png}`` (HR@1 with intervals and
+0.787), generation HR@1 and ValidRatio; paired differences (same users, :func:`comparisons`): category-first minus
+brand-first per model, neighbouring Table 3 rows and full TMF minus text-only per title order. Writes ``title_order.{json,md,png}`` (HR@1 with intervals and
 the validation curves) into ``--out``.
 """
 
@@ -29,6 +30,7 @@ import json
 import logging
 import platform
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +48,25 @@ from llmrec.train.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.title_order")
-MODELS = {
-    "text-only LLM": {"brand_first": "configs/ablations/text_only_shop.yaml",
-                      "category_first": "configs/ablations/text_only_shop_category_first.yaml"},
-    "full TMF (AMSA + CMA)": {"brand_first": "configs/ablations/tmf_full_shop.yaml",
-                              "category_first": "configs/ablations/tmf_full_shop_category_first.yaml"},
+MODELS = {  # TMF Table 3 order; each row's brand-first recipe and its category-first twin
+    model: {"brand_first": f"configs/ablations/{stem}_shop.yaml",
+            "category_first": f"configs/ablations/{stem}_shop_category_first.yaml"}
+    for model, stem in [("text-only LLM", "text_only"), ("+ behavior tokens", "behavior_tokens"),
+                        ("+ item tokens (AMSA)", "item_tokens_amsa"), ("full TMF (AMSA + CMA)", "tmf_full")]
 }
 ORDERS = ("brand_first", "category_first")
 SPLIT, N_BOOT = "test", 2000
+
+
+def comparisons() -> list[tuple[str, str]]:
+    """Row pairs (a, b) compared on the same users: category-first against brand-first per model; neighbouring
+    Table 3 rows within each title order; full TMF against text-only within each title order."""
+    models = list(MODELS)
+    pairs = [(f"{m} (brand-first)", f"{m} (category-first)") for m in models]
+    for order in ("brand-first", "category-first"):
+        pairs += [(f"{a} ({order})", f"{b} ({order})") for a, b in pairwise(models)]
+        pairs.append((f"{models[0]} ({order})", f"{models[-1]} ({order})"))
+    return pairs
 
 
 def aligned_key(path: Path) -> list[tuple]:
@@ -89,21 +102,41 @@ def pick_shares(path: Path, dataset, session: np.ndarray) -> dict[str, float]:
             "pick_in_session_category": same_session / len(records)}
 
 
+def several_in_session_category(session: np.ndarray) -> np.ndarray:
+    """Users with two or more candidates of the session's category: where the category alone does not decide."""
+    return session.sum(axis=1) >= 2
+
+
+def random_in_session_category(session: np.ndarray, target_index: np.ndarray) -> np.ndarray:
+    """Per user, the expected HR@1 of a uniform pick among the candidates of the session's category (among all
+    candidates when none is of it): the level of a model that knows the category and nothing else."""
+    count = session.sum(axis=1)
+    target_in = session[np.arange(len(target_index)), target_index]
+    return np.where(count > 0, target_in / np.maximum(count, 1), 1.0 / session.shape[1])
+
+
 def markdown(results: dict) -> str:
     intro = (f"Synthetic shop, {results['n_users']} test users x 10 frozen candidates (same users, targets and "
              "candidate items under both title orders); HR@1 with a 95% bootstrap interval over users; generation on "
              f"a seeded subset of {results['generate_users']} users. Session-category rule (then popularity): HR@1 "
              f"{results['session_rule_hr1']:.3f}.")
+    if "several_users" in results:
+        intro += (f" Where two or more candidates are of the session's category ({results['several_users']} users) "
+                  "the category alone does not decide: there the rule (then popularity) "
+                  f"scores {results['session_rule_hr1_several']:.3f} and a uniform pick among them "
+                  f"{results['random_in_category_hr1_several']:.3f} (last table column).")
     lines = [intro, "",
              ("| model | titles | HR@1 (rank) | 95% CI | HR@3 | pick in target's category | pick in session's category "
-              "| gen HR@1 | ValidRatio | constrained HR@1 | steps | train min | peak RSS GiB |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| gen HR@1 | ValidRatio | constrained HR@1 | steps | train min | peak RSS GiB | HR@1, >= 2 of session's "
+              "category |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         lines.append(f"| {row['model']} | {row['titles']} | {row['HR@1']:.3f} | [{row['HR@1_ci'][0]:.3f}, "
                      f"{row['HR@1_ci'][1]:.3f}] | {row['HR@3']:.3f} | {row['pick_in_target_category']:.3f} | "
                      f"{row['pick_in_session_category']:.3f} | {row['generate']['HitRate@1']:.3f} | "
                      f"{row['generate']['ValidRatio']:.3f} | {row['constrained']['HitRate@1']:.3f} | {row['steps']} | "
-                     f"{row['train_minutes']:.0f} | {row['peak_rss_mib'] / 1024:.1f} |")
+                     f"{row['train_minutes']:.0f} | {row['peak_rss_mib'] / 1024:.1f} | "
+                     f"{row['HR@1_several_in_session_category']:.3f} |")
     if results["not_run"]:
         lines += ["", "Not run (no finished run): " + ", ".join(results["not_run"]) + "."]
     if results["paired"]:
@@ -178,14 +211,22 @@ def main(argv: list[str] | None = None) -> int:
             session = session_category(dataset, dataset.samples[SPLIT], items)
             if session_rule is None:  # the rule row of bench/rule_rows.py: session category, then popularity
                 rule = rule_scores(dataset, SPLIT, items)["session category"]
-                session_rule = float((target_ranks(rule, target_index) == 1).mean())
+                rule_hits = target_ranks(rule, target_index) == 1
+                several = several_in_session_category(session)
+                session_rule = {"session_rule_hr1": float(rule_hits.mean()), "several_users": int(several.sum()),
+                                "session_rule_hr1_several": float(rule_hits[several].mean()),
+                                "random_in_category_hr1_several": float(
+                                    random_in_session_category(session, target_index)[several].mean())}
             ranks = ranks_of(files["rank"], np.arange(items.shape[0]))
             hits[name] = (ranks == 1).astype(float)
             steps = [json.loads(line) for line in (checkpoint.parents[1] / "metrics.jsonl").read_text().splitlines()]
             rows[name] = {"model": model, "titles": order.replace("_", "-"), "recipe": recipe,
                           "checkpoint": str(checkpoint), "HR@1": float(hits[name].mean()),
                           "HR@1_ci": list(bootstrap_interval(hits[name], n_boot=N_BOOT)),
-                          "HR@3": float((ranks <= 3).mean()), **pick_shares(files["rank"], dataset, session),
+                          "HR@3": float((ranks <= 3).mean()),
+                          "HR@1_several_in_session_category": float(
+                              hits[name][several_in_session_category(session)].mean()),
+                          **pick_shares(files["rank"], dataset, session),
                           "generate": evaluate_predictions(read_predictions(files["generate"])),
                           "constrained": evaluate_predictions(read_predictions(files["constrained"])),
                           "steps": load_trainer_state(checkpoint)["step"],
@@ -194,13 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                           "validation_curve": learning_curve(recipe),
                           "fingerprint": dataset.fingerprint}
     reference = check_aligned(keys)
-    paired = []
-    for a, b in [*((f"{m} (brand-first)", f"{m} (category-first)") for m in MODELS),
-                 *((f"text-only LLM ({o})", f"full TMF (AMSA + CMA) ({o})") for o in ("brand-first", "category-first"))]:
-        if a in hits and b in hits:
-            paired.append({"a": a, "b": b, "comparison": paired_comparison(hits[a], hits[b], n_boot=N_BOOT)})
+    paired = [{"a": a, "b": b, "comparison": paired_comparison(hits[a], hits[b], n_boot=N_BOOT)}
+              for a, b in comparisons() if a in hits and b in hits]
     results = {"n_users": len(reference) if reference else 0, "generate_users": args.generate_users,
-               "session_rule_hr1": session_rule if session_rule is not None else float("nan"),
+               **(session_rule or {"session_rule_hr1": float("nan")}),
                "rows": rows, "paired": paired, "not_run": not_run,
                "machine": {"cpu": platform.processor() or platform.machine(),
                            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -112,6 +112,8 @@ ROW_CHANGES = {
 CATEGORY_FIRST = {"data_overrides": ["max_history=20", "synthetic.title_order=category_first"]}  # the answer-format probe
 ROW_CHANGES_SHOP_ONLY = {
     "ablations/text_only_shop_category_first.yaml": {**ROW_CHANGES["ablations/text_only_shop.yaml"], **CATEGORY_FIRST},
+    "ablations/behavior_tokens_shop_category_first.yaml": {**ROW_CHANGES["ablations/behavior_tokens_shop.yaml"], **CATEGORY_FIRST},
+    "ablations/item_tokens_amsa_shop_category_first.yaml": {**ROW_CHANGES["ablations/item_tokens_amsa_shop.yaml"], **CATEGORY_FIRST},
     "ablations/tmf_full_shop_category_first.yaml": CATEGORY_FIRST,
 }
 # The ML-100k table: the same rows against tmf_full_ml100k.yaml (no images there: no separate AMSA-only row).

@@ -48,3 +48,19 @@ def test_pick_shares_count_the_top_candidates_category(title_order, tmp_path):
     shares = title_order.pick_shares(write(tmp_path / "p.jsonl", ROWS), dataset, session)
     # user 1 picks b (cap; target a is cap; session socks), user 2 picks b (cap; target b): 2/2 and 0/2
     assert shares == {"pick_in_target_category": 1.0, "pick_in_session_category": 0.0}
+
+
+def test_comparisons_pair_each_model_across_orders_and_neighbouring_rows(title_order):
+    pairs = title_order.comparisons()
+    assert ("+ behavior tokens (brand-first)", "+ behavior tokens (category-first)") in pairs
+    assert ("+ behavior tokens (category-first)", "+ item tokens (AMSA) (category-first)") in pairs
+    assert ("text-only LLM (category-first)", "full TMF (AMSA + CMA) (category-first)") in pairs
+    assert not any("brand" in a and "category" in b and a.split(" (")[0] != b.split(" (")[0] for a, b in pairs)
+    assert len(pairs) == len(set(pairs)) == 4 + 2 * (3 + 1)
+
+
+def test_uniform_pick_within_the_session_category(title_order):
+    session = np.array([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
+    target = np.array([0, 1, 3, 3])  # in a 2-way tie; outside the category; no category; outside a 3-way tie
+    assert title_order.random_in_session_category(session, target).tolist() == [0.5, 0.0, 0.25, 0.0]
+    assert title_order.several_in_session_category(session).tolist() == [True, False, False, True]
