@@ -1,7 +1,8 @@
 """The LLM experiment (issue 11): TMF Table 3's rows, LLaRA, the conventional models and rule rows, every row
-scored on the same test users and the same frozen candidate sets, on the synthetic shop or ML-100k.
+scored on the same test users and the same frozen candidate sets, on the synthetic shop (brand-first titles, the
+default, or category-first ones: ``--dataset shop_category_first``) or ML-100k.
 
-    python bench/llm_experiment.py [--dataset shop|ml100k] [--train] [--rows NAME ...] [--generate-users 100]
+    python bench/llm_experiment.py [--dataset shop|shop_category_first|ml100k] [--train] [--rows NAME ...] [--generate-users 100]
         [--out bench/out/<dataset>_experiment] [--carry docs/results/<dataset>/<dataset>_experiment.json]
     make experiment                    # the shop with --train: trains the missing rows first (hours on a CPU)
 
@@ -92,6 +93,16 @@ EXPERIMENTS = {
                          "BERT4Rec": "configs/graph/bert4rec_ml100k.yaml", "MBHT": "configs/graph/mbht_ml100k.yaml"},
         "title": "ML-100k (`configs/data/ml100k.yaml`, `max_history=10`: the recipes' split",
     },
+}
+# The same shop table with category-first titles ("shorts: Acme Coro (M)"; synthetic.title_order, issue 11): every
+# LLM row's recipe has a ..._category_first twin; users, interactions and frozen candidate items are the brand-first
+# shop's, so the conventional and rule rows score as there (they read no titles).
+EXPERIMENTS["shop_category_first"] = {
+    **EXPERIMENTS["shop"],
+    "llm_rows": {name: recipe.replace("_shop.yaml", "_shop_category_first.yaml")
+                 for name, recipe in EXPERIMENTS["shop"]["llm_rows"].items()},
+    "title": "Synthetic shop with category-first titles (`configs/data/shop.yaml`, `max_history=20`, "
+             "`synthetic.title_order=category_first`: the recipes' split",
 }
 SPLIT, PROTOCOL, N_BOOT = "test", "uni10", 2000
 RULES_COMPARED = ("popular", "seen in history", "session category")  # rules a model must beat (where they apply)

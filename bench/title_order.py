@@ -12,9 +12,10 @@ Rows: the four TMF Table 3 rows (text-only LLM, + behavior tokens, + item tokens
 with brand-first titles (``configs/ablations/{text_only,behavior_tokens,item_tokens_amsa,tmf_full}_shop.yaml``) and
 with category-first titles (``..._category_first.yaml``), scored on the same 300 test
 users (ranking by answer log-likelihood; free and constrained generation on a seeded subset, as
-``bench/llm_experiment.py`` does; brand-first predictions are reused from its ``bench/out/shop_experiment`` when
-they were made with the same checkpoint). The script stops if the two title orders do not give the same users,
-targets and candidate items. A row without a finished run (``max_steps`` reached) is listed as not run.
+``bench/llm_experiment.py`` does; predictions are reused from its ``bench/out/shop_experiment`` and
+``bench/out/shop_category_first_experiment`` when they were made with the same checkpoint, else made there). The
+script stops if the two title orders do not give the same users, targets and candidate items. A row without a
+finished run (``max_steps`` reached) is listed as not run.
 
 Reported per row: ranking HR@1 (95% bootstrap interval over users, 2,000 resamples, seed 0), HR@3, the share of
 users whose top-ranked candidate is of the target's category and of the session's category (the rule that scores
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brand-first-predictions", default="bench/out/shop_experiment",
                         help="where bench/llm_experiment.py keeps the brand-first rows' predictions (reused when made "
                              "with the same checkpoint, else made here)")
+    parser.add_argument("--category-first-predictions", default="bench/out/shop_category_first_experiment",
+                        help="the same for the category-first rows (bench/llm_experiment.py --dataset "
+                             "shop_category_first)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = ROOT / args.out
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 not_run.append(name)
                 continue
             dataset, _ = ensure_inputs(load_train_config(ROOT / recipe))
-            target = ROOT / (args.brand_first_predictions if order == "brand_first" else args.out)
+            target = ROOT / (args.brand_first_predictions if order == "brand_first" else args.category_first_predictions)
             files = llm_predictions(name, recipe, checkpoint, target, args.generate_users)
             keys[name] = aligned_key(files["rank"])
             cands = load_candidates(dataset, SPLIT, sampler="uniform", size=10, seed=0)

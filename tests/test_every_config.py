@@ -109,13 +109,11 @@ ROW_CHANGES = {
     "baselines/llara_shop.yaml": {"graph_config": "configs/graph/sasrec_shop.yaml", "model.fusion.enabled": False,
                                   "curriculum.tasks": ["easy", "hard"], "prompts.behavior_slots": False},
 }
-CATEGORY_FIRST = {"data_overrides": ["max_history=20", "synthetic.title_order=category_first"]}  # the answer-format probe
-ROW_CHANGES_SHOP_ONLY = {
-    "ablations/text_only_shop_category_first.yaml": {**ROW_CHANGES["ablations/text_only_shop.yaml"], **CATEGORY_FIRST},
-    "ablations/behavior_tokens_shop_category_first.yaml": {**ROW_CHANGES["ablations/behavior_tokens_shop.yaml"], **CATEGORY_FIRST},
-    "ablations/item_tokens_amsa_shop_category_first.yaml": {**ROW_CHANGES["ablations/item_tokens_amsa_shop.yaml"], **CATEGORY_FIRST},
-    "ablations/tmf_full_shop_category_first.yaml": CATEGORY_FIRST,
-}
+CATEGORY_FIRST = {"data_overrides": ["max_history=20", "synthetic.title_order=category_first"]}  # the answer format
+# Every shop row has a category-first twin: the row's own changes plus the titles (configs/*/..._category_first.yaml).
+ROW_CHANGES_SHOP_ONLY = {name.replace("_shop.yaml", "_shop_category_first.yaml"): {**change, **CATEGORY_FIRST}
+                         for name, change in ROW_CHANGES.items()}
+ROW_CHANGES_SHOP_ONLY["ablations/tmf_full_shop_category_first.yaml"] = CATEGORY_FIRST
 # The ML-100k table: the same rows against tmf_full_ml100k.yaml (no images there: no separate AMSA-only row).
 ROW_CHANGES.update({
     name.replace("_shop", "_ml100k"): {k: (v.replace("_shop", "_ml100k") if isinstance(v, str) else v) for k, v in change.items()}

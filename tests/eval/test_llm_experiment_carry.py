@@ -31,3 +31,15 @@ def test_rows_carry_on_the_same_fingerprint_or_equal_rule_ranks(experiment, tmp_
     assert experiment.carried_rows(other, ["LLaRA"], "f" * 64, cands, today) == {}
     assert experiment.carried_rows(moved, ["LLaRA"], "f" * 64, cands, {"popular": today["popular"]}) == {}  # one rule
     assert experiment.carried_rows(moved, ["LLaRA"], "f" * 64, "y/test-popular-n100.arrow", today) == {}
+
+
+def test_every_experiment_row_has_a_recipe_and_the_category_first_table_its_titles(experiment):
+    root = Path(__file__).resolve().parents[2]
+    for name, table in experiment.EXPERIMENTS.items():
+        for recipe in [*table["llm_rows"].values(), *table["conventional"].values()]:
+            assert (root / recipe).is_file(), f"{name}: {recipe}"
+        assert set(table["table3"]) <= set(table["llm_rows"]) and table["full"] in table["llm_rows"]
+    shop, first = experiment.EXPERIMENTS["shop"]["llm_rows"], experiment.EXPERIMENTS["shop_category_first"]["llm_rows"]
+    assert list(first) == list(shop)
+    for recipe in first.values():
+        assert "synthetic.title_order=category_first" in (root / recipe).read_text(encoding="utf-8"), recipe
