@@ -19,9 +19,12 @@ finished run (``max_steps`` reached) is listed as not run.
 
 Reported per row: ranking HR@1 (95% bootstrap interval over users, 2,000 resamples, seed 0), HR@3, the share of
 users whose top-ranked candidate is of the target's category and of the session's category (the rule that scores
-0.787), generation HR@1 and ValidRatio; paired differences (same users, :func:`comparisons`): category-first minus
-brand-first per model, neighbouring Table 3 rows and full TMF minus text-only per title order. Writes ``title_order.{json,md,png}`` (HR@1 with intervals and
-the validation curves) into ``--out``.
+0.787), generation HR@1 and ValidRatio; HR@1 where two or more candidates share the session's category (there the
+category alone does not decide), in all and by the planted user type, beside the session rule, the session +
+planted-preference diagnostic and a uniform pick among those candidates; paired differences (same users,
+:func:`comparisons`): category-first minus brand-first per model, neighbouring Table 3 rows and full TMF minus
+text-only per title order. Writes ``title_order.{json,md,png}`` (HR@1 with intervals and the validation curves)
+into ``--out``.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ import numpy as np
 import torch
 from llm_experiment import finished_checkpoint, learning_curve, llm_predictions, ranks_of  # bench/ is on sys.path
 from matplotlib.figure import Figure
+from rule_rows import rule_rows
 
 from llmrec.data.candidates import load_candidates
 from llmrec.eval.report import evaluate_predictions, read_predictions
-from llmrec.eval.rules import rule_scores, session_category
+from llmrec.eval.rules import session_category
 from llmrec.metrics import bootstrap_interval, paired_comparison, target_ranks
 from llmrec.pipeline.stages import ensure_inputs
 from llmrec.train.checkpoint import load_trainer_state
@@ -116,28 +120,40 @@ def random_in_session_category(session: np.ndarray, target_index: np.ndarray) ->
     return np.where(count > 0, target_in / np.maximum(count, 1), 1.0 / session.shape[1])
 
 
+def by_user_type(hits: np.ndarray, several: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    """Mean of ``hits`` over the users with several candidates of the session's category, in all and per planted
+    user type (popularity / textual / visual users of the synthetic shop's ground truth)."""
+    shares = {"all": float(hits[several].mean())}
+    shares.update({kind: float(hits[several & (kinds == kind)].mean()) for kind in sorted(set(kinds[several]))})
+    return shares
+
+
 def markdown(results: dict) -> str:
     intro = (f"Synthetic shop, {results['n_users']} test users x 10 frozen candidates (same users, targets and "
              "candidate items under both title orders); HR@1 with a 95% bootstrap interval over users; generation on "
              f"a seeded subset of {results['generate_users']} users. Session-category rule (then popularity): HR@1 "
              f"{results['session_rule_hr1']:.3f}.")
-    if "several_users" in results:
-        intro += (f" Where two or more candidates are of the session's category ({results['several_users']} users) "
-                  "the category alone does not decide: there the rule (then popularity) "
-                  f"scores {results['session_rule_hr1_several']:.3f} and a uniform pick among them "
-                  f"{results['random_in_category_hr1_several']:.3f} (last table column).")
     lines = [intro, "",
              ("| model | titles | HR@1 (rank) | 95% CI | HR@3 | pick in target's category | pick in session's category "
-              "| gen HR@1 | ValidRatio | constrained HR@1 | steps | train min | peak RSS GiB | HR@1, >= 2 of session's "
-              "category |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| gen HR@1 | ValidRatio | constrained HR@1 | steps | train min | peak RSS GiB |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         lines.append(f"| {row['model']} | {row['titles']} | {row['HR@1']:.3f} | [{row['HR@1_ci'][0]:.3f}, "
                      f"{row['HR@1_ci'][1]:.3f}] | {row['HR@3']:.3f} | {row['pick_in_target_category']:.3f} | "
                      f"{row['pick_in_session_category']:.3f} | {row['generate']['HitRate@1']:.3f} | "
                      f"{row['generate']['ValidRatio']:.3f} | {row['constrained']['HitRate@1']:.3f} | {row['steps']} | "
-                     f"{row['train_minutes']:.0f} | {row['peak_rss_mib'] / 1024:.1f} | "
-                     f"{row['HR@1_several_in_session_category']:.3f} |")
+                     f"{row['train_minutes']:.0f} | {row['peak_rss_mib'] / 1024:.1f} |")
+    if "several_users" in results:
+        types = list(results["several_users_by_type"])
+        lines += ["", (f"Where two or more candidates are of the session's category ({results['several_users']} users) "
+                       "the category alone does not decide. HR@1 there, in all and by the user's planted type "
+                       "(ground_truth.json; users: " + ", ".join(f"{t} {n}" for t, n in
+                                                                  results["several_users_by_type"].items()) + "):"), "",
+                  "| row | all | " + " | ".join(types) + " |", "|---" * (len(types) + 2) + "|"]
+        table = {**{name: row["HR@1_several_by_user_type"] for name, row in results["rows"].items()},
+                 **results["several_by_user_type"]}
+        for name, shares in table.items():
+            lines.append(f"| {name} | {shares['all']:.3f} | " + " | ".join(f"{shares[t]:.3f}" for t in types) + " |")
     if results["not_run"]:
         lines += ["", "Not run (no finished run): " + ", ".join(results["not_run"]) + "."]
     if results["paired"]:
@@ -213,14 +229,20 @@ def main(argv: list[str] | None = None) -> int:
             cands = load_candidates(dataset, SPLIT, sampler="uniform", size=10, seed=0)
             items, target_index = np.asarray(cands.items), np.asarray(cands.target_index)
             session = session_category(dataset, dataset.samples[SPLIT], items)
-            if session_rule is None:  # the rule row of bench/rule_rows.py: session category, then popularity
-                rule = rule_scores(dataset, SPLIT, items)["session category"]
-                rule_hits = target_ranks(rule, target_index) == 1
-                several = several_in_session_category(session)
-                session_rule = {"session_rule_hr1": float(rule_hits.mean()), "several_users": int(several.sum()),
-                                "session_rule_hr1_several": float(rule_hits[several].mean()),
-                                "random_in_category_hr1_several": float(
-                                    random_in_session_category(session, target_index)[several].mean())}
+            if session_rule is None:  # rule rows of bench/rule_rows.py and the planted user types, once
+                rules, _, _, kinds = rule_rows(dataset, SPLIT, items, target_index)
+                kinds, several = np.asarray(kinds), several_in_session_category(session)
+                references = {
+                    "rule: session category, then popular": target_ranks(rules["session category"], target_index) == 1,
+                    "diagnostic: session category + planted preference": target_ranks(
+                        rules["session category + preference (diagnostic)"], target_index) == 1,
+                    "uniform pick among the session's category": random_in_session_category(session, target_index)}
+                session_rule = {"session_rule_hr1": float(references["rule: session category, then popular"].mean()),
+                                "several_users": int(several.sum()),
+                                "several_users_by_type": {k: int((several & (kinds == k)).sum())
+                                                          for k in sorted(set(kinds[several]))},
+                                "several_by_user_type": {name: by_user_type(h, several, kinds)
+                                                         for name, h in references.items()}}
             ranks = ranks_of(files["rank"], np.arange(items.shape[0]))
             hits[name] = (ranks == 1).astype(float)
             steps = [json.loads(line) for line in (checkpoint.parents[1] / "metrics.jsonl").read_text().splitlines()]
@@ -228,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                           "checkpoint": str(checkpoint), "HR@1": float(hits[name].mean()),
                           "HR@1_ci": list(bootstrap_interval(hits[name], n_boot=N_BOOT)),
                           "HR@3": float((ranks <= 3).mean()),
-                          "HR@1_several_in_session_category": float(
-                              hits[name][several_in_session_category(session)].mean()),
+                          "HR@1_several_by_user_type": by_user_type(hits[name], several, kinds),
                           **pick_shares(files["rank"], dataset, session),
                           "generate": evaluate_predictions(read_predictions(files["generate"])),
                           "constrained": evaluate_predictions(read_predictions(files["constrained"])),

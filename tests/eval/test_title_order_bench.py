@@ -64,3 +64,11 @@ def test_uniform_pick_within_the_session_category(title_order):
     target = np.array([0, 1, 3, 3])  # in a 2-way tie; outside the category; no category; outside a 3-way tie
     assert title_order.random_in_session_category(session, target).tolist() == [0.5, 0.0, 0.25, 0.0]
     assert title_order.several_in_session_category(session).tolist() == [True, False, False, True]
+
+
+def test_by_user_type_counts_only_users_with_several_candidates_of_the_session_category(title_order):
+    hits = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    several = np.array([True, True, True, False, True])
+    kinds = np.array(["textual", "textual", "visual", "visual", "popularity"])
+    assert title_order.by_user_type(hits, several, kinds) == {"all": 0.5, "popularity": 0.0, "textual": 0.5,
+                                                              "visual": 1.0}
