@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv quickstart test experiment clean vllm-venv test-vllm
+.PHONY: venv quickstart test experiment experiment-category-first clean vllm-venv test-vllm
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ quickstart: $(STAMP)
 # first (each row ~1.5-2 h on one CPU core), then scores every row on the same users: bench/out/shop_experiment/ (ML-100k: python bench/llm_experiment.py --dataset ml100k --train)
 experiment: $(STAMP)
 	$(BIN)/python bench/llm_experiment.py --dataset shop --train
+
+# The same table on the shop with category-first titles (synthetic.title_order; docs/RESULTS.md): bench/out/shop_category_first_experiment/
+experiment-category-first: $(STAMP)
+	$(BIN)/python bench/llm_experiment.py --dataset shop_category_first --train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

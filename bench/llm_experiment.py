@@ -5,6 +5,7 @@ default, or category-first ones: ``--dataset shop_category_first``) or ML-100k.
     python bench/llm_experiment.py [--dataset shop|shop_category_first|ml100k] [--train] [--rows NAME ...] [--generate-users 100]
         [--out bench/out/<dataset>_experiment] [--carry docs/results/<dataset>/<dataset>_experiment.json]
     make experiment                    # the shop with --train: trains the missing rows first (hours on a CPU)
+    make experiment-category-first     # the same on category-first titles
 
 Rows (configs, one per row; each differs from full TMF only in its own keys, tests/test_every_config.py):
 
@@ -207,7 +208,7 @@ def plot(results: dict, curves: dict, out: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("HitRate@1 (ranking), 95% CI")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{results['dataset']}, {results['n_users']} test users, same frozen candidates")
+    ax.set_title(f"{results['experiment'].replace('_', ' ')}, {results['n_users']} test users, same frozen candidates")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"{results['experiment']}_experiment.png", dpi=120)
