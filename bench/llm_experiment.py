@@ -254,7 +254,7 @@ def markdown(results: dict) -> str:
                   f"{', '.join(carried)} (its checkpoint is gone)"
                   + (f"; without per-user ranks, so not in the paired comparisons: {', '.join(unpaired)}." if unpaired else ".")]
     if results["not_run"]:
-        lines += ["", "Not trained yet (no finished run): " + ", ".join(results["not_run"]) + "."]
+        lines += ["", "Not trained yet (no finished run): " + "; ".join(results["not_run"]) + "."]
     if results["paired"]:
         lines += ["", "Paired comparisons of ranking HR@1 on the same users (b - a):", "",
                   "| a | b | difference | 95% CI | p (sign-flip) | users b better / a better |", "|---|---|---|---|---|---|"]
