@@ -92,6 +92,10 @@ class M3BSRConfig(ModelConfig):
     behavior_steps: int = 10  # T_b (§5.4.1 best)
     beta_start: float = 0.001  # noise schedule range [0.001, 0.1] (§5.1.3), linear
     beta_end: float = 0.1
+    # diffuse each feature vector divided by its RMS (unit scale, DDPM's convention for the schedule) and scale the
+    # result back; false: the raw features (std ~0.02 per dimension at init, so the unit-variance noise drowns them)
+    diffuse_normalized: bool = False
+    tie_output: bool = False  # Eq. 23's W is the ID table E^id (bias b kept); false: a separate W (the literal reading)
     eval_noise_seed: int = 0  # seeds the eval-mode start noise (per user)
     lambda_contrast: float = 0.05  # λ_c (§5.4.3)
     lambda_modality: float = 0.02  # λ_m (§5.4.2)
@@ -179,7 +183,7 @@ class M3BSR(SequentialRecommender):
                                       for v in VIEWS for m in self.modality_names})  # Eq. 18-19
         self.specific = nn.Linear(2 * k * d, d)  # W_s: [h_cl; h_fa] back to d (Eq. 22)
         self.gate = nn.Linear((2 * k + 1) * d, d)  # W_g, b_g (Eq. 22)
-        self.output = nn.Linear(d, spec.n_items)  # W, b (Eq. 23)
+        self.output = nn.Linear(d, spec.n_items)  # W, b (Eq. 23); with tie_output only b is used
         init_weights(self)
 
     def _register_views(self, config: M3BSRConfig, spec: DatasetSpec) -> None:
@@ -217,7 +221,22 @@ class M3BSR(SequentialRecommender):
     def _diffuse(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, x0: torch.Tensor,
                  condition: torch.Tensor, mask: torch.Tensor, trained: torch.Tensor,
                  start_noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(denoised features, ‖ε - ε̂‖² at the trained positions)``; eval mode runs the reverse chain."""
+        """``(denoised features, ‖ε - ε̂‖² at the trained positions)``; eval mode runs the reverse chain.
+
+        With ``diffuse_normalized`` each position's vector is divided by its (detached) RMS before Eq. 7 / 11 and
+        the result multiplied back, so ε ~ N(0, I) meets unit-scale data whatever scale the features have learned;
+        per position, so a row's scores never depend on the other rows of its batch.
+        """
+        scale = None
+        if self.config.diffuse_normalized:
+            scale = x0.detach().square().mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
+            x0 = x0 / scale
+        denoised, loss = self._diffuse_unit(denoiser, schedule, x0, condition, mask, trained, start_noise)
+        return (denoised if scale is None else denoised * scale), loss
+
+    def _diffuse_unit(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, x0: torch.Tensor,
+                      condition: torch.Tensor, mask: torch.Tensor, trained: torch.Tensor,
+                      start_noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training:
             t = schedule.sample_steps(x0.shape[:2], x0.device)
             noise = torch.randn_like(x0)
@@ -313,9 +332,15 @@ class M3BSR(SequentialRecommender):
         """The input ID-modality table ``E^id`` (Eq. 3), not the output layer ``W`` of Eq. 23."""
         return self.items.weight[1 : self.n_items + 1]
 
+    def _logits(self, y: torch.Tensor) -> torch.Tensor:
+        """``W y + b`` (Eq. 23 before the softmax); ``W = E^id`` (rows 1..n) when ``tie_output``."""
+        if self.config.tie_output:
+            return F.linear(y, self.items.weight[1 : self.n_items + 1], self.output.bias)
+        return self.output(y)
+
     def score_all(self, batch: SeqBatch) -> torch.Tensor:
         """``W y + b`` (Eq. 23, before the softmax) at the newest position."""
-        return self.output(self.user_representation(batch))
+        return self._logits(self.user_representation(batch))
 
     def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
         return self.score_all(batch).gather(1, candidates)
@@ -332,7 +357,7 @@ class M3BSR(SequentialRecommender):
             raise ValueError("batch has no position to train on (loss_mask is empty)")
         y, outputs, losses = self.states(batch)
         cfg = self.config
-        terms = {"main": F.cross_entropy(self.output(y[mask]), batch.labels[mask] - 1),
+        terms = {"main": F.cross_entropy(self._logits(y[mask]), batch.labels[mask] - 1),
                  "contrast": self.contrast_loss(outputs, mask), **losses}
         terms["total"] = (terms["main"] + cfg.lambda_contrast * terms["contrast"]
                           + cfg.lambda_modality * terms["modality"] + cfg.lambda_behavior * terms["behavior"])

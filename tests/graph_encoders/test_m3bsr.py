@@ -192,6 +192,51 @@ def test_denoise_none_has_no_diffusion(tiny_dataset):
     assert losses[-1] < 0.6 * losses[0]
 
 
+def _denoised_cosine(model: M3BSR, batch: SeqBatch) -> float:
+    """Mean cosine between the clean text features and the eval-mode denoised ones (real positions)."""
+    with torch.no_grad():
+        clean = model._features(batch.items)["text"]
+        views, _, _ = model.views(batch)
+        member = model.favor_table[batch.behaviors] & batch.valid
+        return torch.nn.functional.cosine_similarity(views["favor"]["text"][member], clean[member], dim=-1).mean().item()
+
+
+def test_normalized_diffusion_keeps_the_features_the_raw_one_drowns(tiny_dataset):
+    """At init the features have std ~0.02 per dimension: unit-variance noise drowns them (cosine with the
+    clean features near 0 after the reverse chain); diffused at unit scale, most of the signal survives."""
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    raw = build(spec, denoise="modality").eval()
+    normalized = build(spec, denoise="modality", diffuse_normalized=True).eval()
+    assert abs(_denoised_cosine(raw, batch)) < 0.2
+    assert _denoised_cosine(normalized, batch) > 0.5
+    with torch.no_grad():  # the scale comes back: denoised norms are those of the clean features, within 2x
+        clean = normalized._features(batch.items)["text"].norm(dim=-1)
+        member = normalized.favor_table[batch.behaviors] & batch.valid
+        ratio = normalized.views(batch)[0]["favor"]["text"].norm(dim=-1)[member] / clean[member]
+        assert 0.5 < ratio.median().item() < 2.0
+        first = normalized.score_all(batch)
+        for r in (0, 5):  # per-position scale: a row's scores do not depend on its batch
+            torch.testing.assert_close(normalized.score_all(row(batch, r)), first[r : r + 1], rtol=1e-5, atol=1e-6)
+    losses = train_steps(build(spec, diffuse_normalized=True), train_batch(tiny_dataset), 30, lr=2e-2)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
+def test_tied_output_scores_with_the_id_table(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    model = build(spec, tie_output=True).eval()
+    with torch.no_grad():
+        y = model.user_representation(batch)
+        expected = y @ model.items.weight[1:].T + model.output.bias
+        torch.testing.assert_close(model.score_all(batch), expected)
+        assert not torch.allclose(model.score_all(batch), model.output(y))  # W is not used
+    model.train()
+    train = train_batch(tiny_dataset)
+    model.loss(train).backward()
+    assert model.output.weight.grad is None and model.output.bias.grad is not None
+    losses = train_steps(build(spec, tie_output=True), train, 30, lr=2e-2)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
 # ---- no leak ---------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_a_later_item_does_not_change_earlier_positions(tiny_dataset, mode):
