@@ -51,6 +51,8 @@ def test_defaults_are_the_papers():
     assert (cfg.modality_steps, cfg.behavior_steps, cfg.beta_start, cfg.beta_end) == (10, 10, 0.001, 0.1)
     assert (cfg.lambda_contrast, cfg.lambda_modality, cfg.lambda_behavior, cfg.temperature) == (0.05, 0.02, 0.02, 0.3)
     assert (cfg.hidden_size, cfg.denoise, cfg.click_behaviors, cfg.favor_behaviors) == (64, "all", None, None)
+    # not the paper's (it does not say): our readings, chosen on ML-100k validation (docs/m3bsr.md)
+    assert (cfg.diffuse_normalized, cfg.tie_output, cfg.scale_id) == (True, True, False)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -205,7 +207,7 @@ def test_normalized_diffusion_keeps_the_features_the_raw_one_drowns(tiny_dataset
     """At init the features have std ~0.02 per dimension: unit-variance noise drowns them (cosine with the
     clean features near 0 after the reverse chain); diffused at unit scale, most of the signal survives."""
     spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
-    raw = build(spec, denoise="modality").eval()
+    raw = build(spec, denoise="modality", diffuse_normalized=False).eval()
     normalized = build(spec, denoise="modality", diffuse_normalized=True).eval()
     assert abs(_denoised_cosine(raw, batch)) < 0.2
     assert _denoised_cosine(normalized, batch) > 0.5
@@ -229,11 +231,24 @@ def test_tied_output_scores_with_the_id_table(tiny_dataset):
         expected = y @ model.items.weight[1:].T + model.output.bias
         torch.testing.assert_close(model.score_all(batch), expected)
         assert not torch.allclose(model.score_all(batch), model.output(y))  # W is not used
+        untied = build(spec, tie_output=False).eval()  # the literal reading: a separate W
+        torch.testing.assert_close(untied.score_all(batch), untied.output(untied.user_representation(batch)))
     model.train()
     train = train_batch(tiny_dataset)
     model.loss(train).backward()
     assert model.output.weight.grad is None and model.output.bias.grad is not None
     losses = train_steps(build(spec, tie_output=True), train, 30, lr=2e-2)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
+def test_scale_id_multiplies_the_id_features_by_sqrt_d(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    plain, scaled = build(spec).eval(), build(spec, scale_id=True).eval()
+    with torch.no_grad():
+        expected = plain._features(batch.items)["id"] * plain.config.hidden_size ** 0.5
+        torch.testing.assert_close(scaled._features(batch.items)["id"], expected)
+        assert not torch.allclose(scaled.score_all(batch), plain.score_all(batch))
+    losses = train_steps(build(spec, scale_id=True), train_batch(tiny_dataset), 30, lr=2e-2)
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
 
 
