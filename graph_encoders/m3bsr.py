@@ -94,7 +94,7 @@ class M3BSRConfig(ModelConfig):
     beta_end: float = 0.1
     # diffuse each feature vector divided by its RMS (unit scale, DDPM's convention for the schedule) and scale the
     # result back; false: the raw features (std ~0.02 per dimension at init, so the unit-variance noise drowns them).
-    # On by default since session 20: with tie_output, +0.071 test pop100 HR@10 on ML-100k (docs/m3bsr.md)
+    # On by default since session 20: with tie_output, +0.068 test pop100 HR@10 on ML-100k (docs/m3bsr.md)
     diffuse_normalized: bool = True
     tie_output: bool = True  # Eq. 23's W is the ID table E^id (bias b kept); false: a separate W (the literal reading)
     # h^id = sqrt(d) · E^id (SASRec's input scale; the ID features then outweigh the position embedding); false:
@@ -205,7 +205,8 @@ class M3BSR(SequentialRecommender):
     def _features(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"id": h^id, m: h^m}`` ``[B, L, d]`` (Eq. 3-5); ``h^id`` times ``sqrt(d)`` with ``scale_id``."""
         index = (items - 1).clamp(min=0)
-        features = {"id": self.items(items) * (self.config.hidden_size ** 0.5 if self.config.scale_id else 1.0)}
+        ids = self.items(items)
+        features = {"id": ids * self.config.hidden_size ** 0.5 if self.config.scale_id else ids}
         for m in self.modal:
             features[m] = self.projections[m](getattr(self, f"{m}_features")[index])
         return features
