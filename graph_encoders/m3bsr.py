@@ -24,6 +24,8 @@ keys / values the ID features of positions ``<= t``); ``L_m = mean ‖ε - ε̂�
 printed compares noisy and denoised features and repeats its term). Downstream goes the one-step
 estimate ``ĥ_0`` in training and, in eval mode, the full reverse chain (Eq. 8, mean steps as printed)
 from ``h_{T}`` built with noise drawn from a generator seeded by ``(eval_noise_seed, user)``.
+*Choices* (options): ``eval_start: clean`` starts that chain from ``h^m`` itself (no noise added);
+``modality_condition: own`` conditions each position on its own item's ID only.
 
 Conditional diffusion behavior denoising (Eq. 11-13), per modality ``m ∈ {id, text, image}``: the
 click view's (modality-denoised) features are noised and denoised with the favour view's features
@@ -100,6 +102,12 @@ class M3BSRConfig(ModelConfig):
     # h^id = sqrt(d) · E^id (SASRec's input scale; the ID features then outweigh the position embedding); false:
     # h^id = E^id as Eq. 3 prints it (same scale as the position embedding at init)
     scale_id: bool = False
+    # where the eval-mode reverse chain (Eq. 8) starts: "noise" = h_T = sqrt(ᾱ_T) h^m + sqrt(1-ᾱ_T) ε, the noisy
+    # feature Eq. 8 names; "clean" = h^m itself, no noise added (DiffRec's sampling_steps=0 reading)
+    eval_start: Literal["noise", "clean"] = "noise"
+    # which ID features condition the modality denoiser (Eq. 9): "history" = every ID at positions <= t;
+    # "own" = the ID of the item at t only (§4.2.1 "ID features as conditions", read per item)
+    modality_condition: Literal["history", "own"] = "history"
     eval_noise_seed: int = 0  # seeds the eval-mode start noise (per user)
     lambda_contrast: float = 0.05  # λ_c (§5.4.3)
     lambda_modality: float = 0.02  # λ_m (§5.4.2)
@@ -127,6 +135,10 @@ class M3BSRConfig(ModelConfig):
             raise ConfigError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if min(self.lambda_contrast, self.lambda_modality, self.lambda_behavior) < 0:
             raise ConfigError("lambda_contrast, lambda_modality and lambda_behavior must be >= 0")
+        if self.eval_start not in ("noise", "clean"):
+            raise ConfigError(f"eval_start must be 'noise' or 'clean', got {self.eval_start!r}")
+        if self.modality_condition not in ("history", "own"):
+            raise ConfigError(f"modality_condition must be 'history' or 'own', got {self.modality_condition!r}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
 
@@ -252,7 +264,7 @@ class M3BSR(SequentialRecommender):
         def predict(x: torch.Tensor, t: int) -> torch.Tensor:
             return denoiser(x, torch.full(x.shape[:2], t, dtype=torch.long, device=x.device), condition, mask)
 
-        start = schedule.q_sample(x0, schedule.steps, start_noise)
+        start = x0 if self.config.eval_start == "clean" else schedule.q_sample(x0, schedule.steps, start_noise)
         return reverse_process(start, predict, schedule), x0.new_zeros(())  # Eq. 8
 
     def views(self, batch: SeqBatch) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor],
@@ -262,11 +274,13 @@ class M3BSR(SequentialRecommender):
         member = {"click": self.click_table[batch.behaviors] & valid, "favor": self.favor_table[batch.behaviors] & valid}
         length = batch.items.shape[1]
         past = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-        noise = None if self.training else self._eval_noise(batch.users, length, self.items.weight)
+        noisy_start = not self.training and self.config.eval_start == "noise"
+        noise = self._eval_noise(batch.users, length, self.items.weight) if noisy_start else None
         features = self._features(batch.items)
         zero = features["id"].new_zeros(())
         losses = {"modality": zero, "behavior": zero}
-        id_mask = valid[:, None, :] & past  # ID keys at positions <= t
+        own = torch.eye(length, dtype=torch.bool, device=valid.device)
+        id_mask = valid[:, None, :] & (own if self.config.modality_condition == "own" else past)  # ID keys
         for c, m in enumerate(self.modal if self.denoise_modality else []):  # Eq. 6-10
             features[m], loss = self._diffuse(self.modality_denoisers[m], self.modality_schedule, features[m],
                                               features["id"], id_mask, valid, None if noise is None else noise[c])

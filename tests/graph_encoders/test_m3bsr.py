@@ -53,6 +53,7 @@ def test_defaults_are_the_papers():
     assert (cfg.hidden_size, cfg.denoise, cfg.click_behaviors, cfg.favor_behaviors) == (64, "all", None, None)
     # not the paper's (it does not say): our readings, chosen on ML-100k validation (docs/m3bsr.md)
     assert (cfg.diffuse_normalized, cfg.tie_output, cfg.scale_id) == (True, True, False)
+    assert (cfg.eval_start, cfg.modality_condition) == ("noise", "history")  # Eq. 8 and Eq. 9 as printed
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -65,6 +66,8 @@ def test_defaults_are_the_papers():
     ("modality_steps", 0, "modality_steps"),
     ("temperature", 0.0, "temperature"),
     ("num_heads", 3, "num_heads"),
+    ("eval_start", "dirty", "eval_start"),
+    ("modality_condition", "future", "modality_condition"),
 ])
 def test_bad_config_is_rejected(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -249,6 +252,51 @@ def test_scale_id_multiplies_the_id_features_by_sqrt_d(tiny_dataset):
         torch.testing.assert_close(scaled._features(batch.items)["id"], expected)
         assert not torch.allclose(scaled.score_all(batch), plain.score_all(batch))
     losses = train_steps(build(spec, scale_id=True), train_batch(tiny_dataset), 30, lr=2e-2)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
+def test_clean_eval_start_runs_the_chain_from_the_clean_features(tiny_dataset):
+    """``eval_start: clean``: no start noise, so the eval scores do not depend on ``eval_noise_seed``; the chain
+    still runs (the denoised views differ from the clean features) and keeps more of them than the noisy start."""
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    clean = build(spec, eval_start="clean").eval()
+    other_seed = build(spec, eval_start="clean", eval_noise_seed=7).eval()
+    noisy = build(spec).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other_seed.score_all(batch), clean.score_all(batch), rtol=0, atol=0)
+        assert not torch.allclose(noisy.score_all(batch), clean.score_all(batch))
+        features = clean._features(batch.items)["text"]
+        member = clean.favor_table[batch.behaviors] & batch.valid
+        assert not torch.allclose(clean.views(batch)[0]["favor"]["text"][member], features[member])
+    only_modality = {"denoise": "modality"}
+    assert _denoised_cosine(build(spec, eval_start="clean", **only_modality).eval(), batch) > \
+        _denoised_cosine(build(spec, **only_modality).eval(), batch)
+    losses = train_steps(build(spec, eval_start="clean"), train_batch(tiny_dataset), 30, lr=2e-2)
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
+def test_own_id_condition_reads_only_the_items_own_id(tiny_dataset):
+    """``modality_condition: own``: the denoised text feature at a position changes with its own item's ID
+    embedding and not with an earlier item's; with ``history`` the earlier item's ID changes it."""
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    models = {c: build(spec, denoise="modality", modality_condition=c).eval() for c in ("own", "history")}
+    r, last = 0, batch.items.shape[1] - 1
+    earlier = batch.items[r, last - 1].item()
+    assert batch.valid[r, last - 1] and earlier != batch.items[r, last].item()
+    view = "click" if models["own"].click_table[batch.behaviors[r, last]] else "favor"  # a view holding it
+    denoised = {}
+    for condition, model in models.items():
+        with torch.no_grad():
+            before = model.views(row(batch, r))[0][view]["text"][0, last].clone()
+            model.items.weight[earlier] += 1.0  # move the earlier item's ID embedding only
+            after = model.views(row(batch, r))[0][view]["text"][0, last]
+            denoised[condition] = (before, after)
+            model.items.weight[batch.items[r, last]] += 1.0  # then the item's own
+            own_moved = model.views(row(batch, r))[0][view]["text"][0, last]
+            assert not torch.allclose(own_moved, after)
+    torch.testing.assert_close(*denoised["own"], rtol=0, atol=0)
+    assert not torch.allclose(*denoised["history"])
+    losses = train_steps(build(spec, modality_condition="own"), train_batch(tiny_dataset), 30, lr=2e-2)
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
 
 
