@@ -96,6 +96,9 @@ class BivRecConfig(ModelConfig):
     selection_noise: Literal["gumbel", "none"] = "gumbel"  # "none" = the "sh" ablation; training only
     hard_assignment: bool = True  # straight-through top-F (Eq. 10); false = the "ss" ablation
     interest_pooling: Literal["sum", "mean"] = "sum"  # Eq. 12 as printed (sum) or per-interest mean
+    # leave out interests that received no token: a later clustering stage does not see the previous stage's empty
+    # interests, and Eq. 19 (training and scoring) picks among the non-empty ones; false: the paper as printed
+    skip_empty_interests: bool = False
     contrast_weight: float = 0.5  # λ1 (Eq. 22)
     allocation_weight: float = 0.3  # λ2 (Eq. 22)
     beta_init: float = 0.07  # initial learnable temperature β (Eq. 17)
@@ -136,6 +139,7 @@ class ViewOutput:
     interests: torch.Tensor  # [B, P, K, d], P = L (every position) or 1 (the newest)
     allocations: list[torch.Tensor]  # per clustering stage, the newest position's Â [B, N_stage, K_stage]
     table: torch.Tensor  # [n_items, d], the view's item embeddings
+    present: torch.Tensor  # [B, P, K] bool: interests that received a token (all True unless skip_empty_interests)
 
 
 class InterestTower(nn.Module):
@@ -156,6 +160,7 @@ class InterestTower(nn.Module):
             ClusterAttention(d, k, config.top_f, config.temperature, noise, config.hard_assignment,
                              config.interest_pooling)
             for k in config.interests)
+        self.skip_empty = config.skip_empty_interests
         self.pool_logits = nn.Parameter(torch.zeros(config.interests[-1]))  # f_AVG: uniform at start (Eq. 14)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))  # Eq. 15
 
@@ -190,8 +195,9 @@ class InterestTower(nn.Module):
         return self.dropout(torch.cat(parts, 1)), torch.cat(valids, 1), torch.cat(positions, 1), torch.cat(ends)
 
     def forward(self, items: torch.Tensor, valid: torch.Tensor, newest_only: bool
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(V [B, P, K, d], newest allocations)``: the interests of every position (or the newest only)."""
+                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """``(V [B, P, K, d], newest allocations, present [B, P, K])``: the interests of every position (or the
+        newest only); ``present`` marks interests that received a token (all True unless ``skip_empty``)."""
         x, token_valid, positions, ends = self.tokens(items, valid)
         n = x.shape[1]
         causal = ends[None, :] <= ends[:, None]  # key j's newest item is not later than query i's
@@ -205,25 +211,37 @@ class InterestTower(nn.Module):
         visible = (ends[None, :] <= queries[:, None])[None] & token_valid[:, None, :]  # [B, P, N']
         interests, allocation = self.stages[0](x, visible)  # Eq. 7-12, [B, P, K_1, d]
         allocations = [allocation * keep]  # the newest position sees every real token
+        present = (visible.to(x.dtype) @ allocation.detach()) > 0  # [B, P, K_1]: tokens received (hard: 0/1 sums)
         for stage in self.stages[1:]:  # multi-stage clustering: the previous interests are the tokens
             b, p, k, d = interests.shape
-            interests, allocation = stage(interests.reshape(b * p, k, d))
+            tokens_seen = present.reshape(b * p, 1, k) if self.skip_empty else None
+            interests, allocation = stage(interests.reshape(b * p, k, d), tokens_seen)
             interests = interests.view(b, p, -1, d)
+            if self.skip_empty:
+                allocation = allocation * present.reshape(b * p, k, 1).to(allocation.dtype)  # empty tokens: no row
+                present = (tokens_seen.to(x.dtype) @ allocation.detach()).view(b, p, -1) > 0
             allocations.append(allocation.view(b, p, k, -1)[:, -1])
-        return interests, allocations
+        if not self.skip_empty:
+            present = torch.ones(interests.shape[:3], dtype=torch.bool, device=x.device)
+        return interests, allocations, present
 
     def pooled(self, interests: torch.Tensor) -> torch.Tensor:
         """``h = f_AVG(V)`` (Eq. 14): softmax-weighted mean over the interests ``[..., K, d] -> [..., d]``."""
         return torch.einsum("k,...kd->...d", torch.softmax(self.pool_logits, 0), interests)
 
 
-def nearest_interest_loss(interests: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def nearest_interest_loss(interests: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
+                          present: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 19-21: the interest nearest the target's embedding, softmax cross-entropy over all items.
 
-    ``interests`` ``[M, K, d]``, ``targets`` ``[M]`` (0-based), ``table`` ``[n_items, d]``.
+    ``interests`` ``[M, K, d]``, ``targets`` ``[M]`` (0-based), ``table`` ``[n_items, d]``; ``present``
+    ``[M, K]`` bool limits Eq. 19's choice to those interests.
     """
     target = table[targets]
-    chosen = torch.einsum("mkd,md->mk", interests, target).argmax(-1)  # Eq. 19
+    similarity = torch.einsum("mkd,md->mk", interests, target)
+    if present is not None:
+        similarity = similarity.masked_fill(~present, float("-inf"))
+    chosen = similarity.argmax(-1)  # Eq. 19
     nearest = interests[torch.arange(len(targets), device=targets.device), chosen]
     return F.cross_entropy(nearest @ table.T, targets)  # Eq. 20-21
 
@@ -291,8 +309,8 @@ class BivRec(SequentialRecommender):
     def view_output(self, view: str, batch: SeqBatch, newest_only: bool = False) -> ViewOutput:
         table = self.item_table(view)
         padded = torch.cat([table.new_zeros(1, table.shape[1]), table])
-        interests, allocations = self.towers[view](F.embedding(batch.items, padded), batch.valid, newest_only)
-        return ViewOutput(interests, allocations, table)
+        interests, allocations, present = self.towers[view](F.embedding(batch.items, padded), batch.valid, newest_only)
+        return ViewOutput(interests, allocations, table, present)
 
     # ---- the interface -------------------------------------------------------------------
     def encode(self, batch: SeqBatch) -> torch.Tensor:
@@ -307,11 +325,13 @@ class BivRec(SequentialRecommender):
     def score_all(self, batch: SeqBatch) -> torch.Tensor:
         """``max_k v_k · x_i`` over the score view's interests at the newest position ``[B, n_items]``."""
         out = self.view_output(self.config.score_view, batch, newest_only=True)
-        return torch.einsum("bkd,nd->bkn", out.interests[:, -1], out.table).amax(1)
+        scores = torch.einsum("bkd,nd->bkn", out.interests[:, -1], out.table)
+        return scores.masked_fill(~out.present[:, -1, :, None], float("-inf")).amax(1)
 
     def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
         out = self.view_output(self.config.score_view, batch, newest_only=True)
-        return torch.einsum("bkd,bcd->bkc", out.interests[:, -1], out.table[candidates]).amax(1)
+        scores = torch.einsum("bkd,bcd->bkc", out.interests[:, -1], out.table[candidates])
+        return scores.masked_fill(~out.present[:, -1, :, None], float("-inf")).amax(1)
 
     def losses(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
         """The terms of Eq. 22: ``rec_<view>`` (Eq. 19-21) per view, ``contrast`` (Eq. 16-17), ``allocation`` (Eq. 18)."""
@@ -322,7 +342,7 @@ class BivRec(SequentialRecommender):
             raise ValueError("batch has no position to train on (loss_mask is empty)")
         targets = batch.labels[mask] - 1
         outputs = {view: self.view_output(view, batch) for view in self.views}
-        terms = {f"rec_{view}": nearest_interest_loss(out.interests[mask], targets, out.table)
+        terms = {f"rec_{view}": nearest_interest_loss(out.interests[mask], targets, out.table, out.present[mask])
                  for view, out in outputs.items()}
         if len(self.views) == 2:
             projected = []

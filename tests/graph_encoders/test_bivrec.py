@@ -50,6 +50,7 @@ def test_defaults_are_the_papers():
     assert (cfg.scales, cfg.interests, cfg.top_f, cfg.temperature) == ([4, 8], [24, 4], 1, 1.0)  # A.4, MovieLens
     assert (cfg.contrast_weight, cfg.allocation_weight, cfg.beta_init) == (0.5, 0.3, 0.07)
     assert (cfg.views, cfg.score_view, cfg.selection_noise, cfg.hidden_size) == (["id", "mm"], "id", "gumbel", 64)
+    assert (cfg.interest_pooling, cfg.skip_empty_interests) == ("sum", False)  # Eq. 12 / Eq. 19 as printed
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -191,6 +192,44 @@ def test_allocation_loss_ignores_empty_interests():
     assert loss.item() == pytest.approx(-1 / 2**0.5)  # only interest 0: cos([1, 1], [1, 0])
     loss.backward()
     assert torch.isfinite(soft.grad).all() and soft.grad.abs().max() < 2
+
+
+def test_skip_empty_interests_leaves_empty_interests_out(tiny_dataset):
+    """``skip_empty_interests``: a first-stage interest that received no token (its vector is the bare ``c_k``,
+    the same for every user) does not reach stage 2, and a final interest that received nothing cannot win
+    the max score. Without the option, moving such an interest's ``c_k`` moves the scores."""
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    interests = {"interests": [12, 3]}
+    skip, plain = build(spec, skip_empty_interests=True, **interests).eval(), build(spec, **interests).eval()
+    with torch.no_grad():
+        first_stage = skip.view_output("id", batch, newest_only=True).allocations[0].sum(1)  # [B, K_1] tokens
+        k = int((first_stage == 0).sum(0).argmax())  # the first-stage interest empty for the most users
+        rows = (first_stage[:, k] == 0).nonzero().flatten()
+        assert len(rows) > 0, "every first-stage interest got a token from every user: nothing to test"
+        out = skip.view_output("id", batch, newest_only=True)
+        assert out.present.shape == (len(batch.items), 1, 3) and out.present[:, -1].any(-1).all()
+        # the max runs over present interests only
+        per_interest = torch.einsum("bkd,nd->bkn", out.interests[:, -1], out.table)
+        expected = per_interest.masked_fill(~out.present[:, -1, :, None], float("-inf")).amax(1)
+        torch.testing.assert_close(skip.score_all(batch), expected)
+        before = {name: m.score_all(batch) for name, m in (("skip", skip), ("plain", plain))}
+
+        def move_interest_k(module, inputs, output):  # what stage 1 hands to stage 2, interest k moved
+            interests, allocation = output
+            shift = torch.zeros_like(interests)
+            shift[..., k, :] = torch.linspace(-1.0, 1.0, shift.shape[-1])  # not constant: stage 2 LayerNorms it
+            return interests + shift, allocation
+
+        for m in (skip, plain):  # (moving c_k itself would also move the assignments)
+            m.towers["id"].stages[0].register_forward_hook(move_interest_k)
+        # for the users whose interest k is empty, nothing changes with the option, the scores move without it
+        torch.testing.assert_close(skip.score_all(batch)[rows], before["skip"][rows], rtol=0, atol=0)
+        assert not torch.allclose(plain.score_all(batch)[rows], before["plain"][rows])
+        assert plain.view_output("id", batch, newest_only=True).present.all()  # off: every interest counts
+    model = build(spec, skip_empty_interests=True, **interests)
+    torch.manual_seed(0)
+    losses = train_steps(model, train_batch(tiny_dataset), 25, lr=1e-2)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
 
 # ---- variants ----------------------------------------------------------------------------
