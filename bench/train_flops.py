@@ -36,18 +36,25 @@ def projection_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
             "down": (inner, d)}
 
 
-def flops_per_sample(cfg: dict, tokens: float, answer_tokens: float, rank: int, full_logits: bool) -> dict:
-    """Matrix-product FLOPs of one sample of ``tokens`` tokens (forward, backward, total), in GFLOP."""
+def flops_per_sample(cfg: dict, tokens: float, answer_tokens: float, rank: int, full_logits: bool,
+                     causal_attention: bool = True) -> dict:
+    """Matrix-product FLOPs of one sample of ``tokens`` tokens (forward, backward, total), in GFLOP.
+
+    Attention counts the causal half of ``QK^T`` and ``AV`` (``causal_attention``; false: the full square, as
+    eager attention computes it). Backward skips what autograd skips: the input gradients of layer 0's q / k / v
+    (their input, the frozen embeddings, needs none); the frozen output layer gets its input gradient only.
+    """
     layers, d, vocab = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]
-    shapes = projection_shapes(cfg).values()
-    frozen = 2 * sum(i * o for i, o in shapes) * tokens * layers  # x W, forward
-    lora = 2 * sum(rank * (i + o) for i, o in shapes) * tokens * layers  # x A B, forward
-    attention = 2 * 2 * d * tokens * tokens / 2 * layers  # Q K^T and A V over the causal half
-    logit_tokens = tokens if full_logits else answer_tokens
-    head = 2 * d * vocab * logit_tokens  # output layer, forward
-    forward = frozen + lora + attention + head
-    # backward: dX of the frozen weights (as forward), dX and dW of LoRA (2x), attention (2x), dX of the head
-    backward = frozen + 2 * lora + 2 * attention + head
+    shapes = projection_shapes(cfg)
+    width = cfg["num_attention_heads"] * cfg.get("head_dim", d // cfg["num_attention_heads"])
+    frozen = 2 * sum(i * o for i, o in shapes.values()) * tokens  # x W, per layer
+    lora = 2 * sum(rank * (i + o) for i, o in shapes.values()) * tokens  # x A B, per layer
+    attention = 2 * 2 * width * tokens * tokens * (0.5 if causal_attention else 1.0)  # QK^T and AV, per layer
+    head = 2 * d * vocab * (tokens if full_logits else answer_tokens)  # output layer
+    forward = layers * (frozen + lora + attention) + head
+    # backward: dX of the frozen weights, dA dB and the two thin input gradients of LoRA, attention twice
+    skipped = sum(2 * tokens * shapes[m][0] * (shapes[m][1] + rank) for m in ("q", "k", "v"))  # layer 0's dX
+    backward = layers * (frozen + 2 * lora + 2 * attention) - skipped + head
     return {"forward": forward / 1e9, "backward": backward / 1e9, "total": (forward + backward) / 1e9}
 
 
