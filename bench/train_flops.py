@@ -142,7 +142,8 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_flops.json").write_text(json.dumps(
-        {"throughput": str(args.throughput_json), "model_config": str(cfg_path), "threads": threads,
+        {"throughput": str(args.throughput_json), "model_config": cfg_path.resolve().relative_to(REPO).as_posix() if cfg_path.resolve().is_relative_to(REPO)
+         else cfg_path.name, "threads": threads,
          "lora_rank": args.lora_rank, "answer_tokens": args.answer_tokens, "gemm_gflop_per_s": rates,
          "gemm_layer_rate": ceiling, "runs": table, "needed_for_2x_gflop_per_s": needed}, indent=2))
     (args.out / "train_flops.md").write_text(text)
