@@ -101,7 +101,8 @@ def main() -> None:
     cfg_path = args.model_config or default_model_config()
     cfg = json.loads(cfg_path.read_text())
     threads = report["settings"]["threads"]
-    rows = report["settings"]["batch_size"] * 270  # a micro-batch of ~270-token prompts
+    first = next(iter(report["results"].values()))
+    rows = report["settings"]["batch_size"] * round(first["tokens"] / first["samples"])  # one micro-batch of tokens
     rates, ceiling = gemm_rate(cfg, rows, threads, args.repeats)
 
     lines, table = [], []

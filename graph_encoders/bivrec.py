@@ -211,17 +211,19 @@ class InterestTower(nn.Module):
         visible = (ends[None, :] <= queries[:, None])[None] & token_valid[:, None, :]  # [B, P, N']
         interests, allocation = self.stages[0](x, visible)  # Eq. 7-12, [B, P, K_1, d]
         allocations = [allocation * keep]  # the newest position sees every real token
-        present = (visible.to(x.dtype) @ allocation.detach()) > 0  # [B, P, K_1]: tokens received (hard: 0/1 sums)
+        present = None  # [B, P, K]: interests that received a token, tracked only with skip_empty
+        if self.skip_empty:
+            present = (visible.to(x.dtype) @ allocation.detach()) > 0  # hard assignments: 0/1 sums
         for stage in self.stages[1:]:  # multi-stage clustering: the previous interests are the tokens
             b, p, k, d = interests.shape
-            tokens_seen = present.reshape(b * p, 1, k) if self.skip_empty else None
+            tokens_seen = None if present is None else present.reshape(b * p, 1, k)
             interests, allocation = stage(interests.reshape(b * p, k, d), tokens_seen)
             interests = interests.view(b, p, -1, d)
-            if self.skip_empty:
-                allocation = allocation * present.reshape(b * p, k, 1).to(allocation.dtype)  # empty tokens: no row
+            if tokens_seen is not None:
+                allocation = allocation * tokens_seen.transpose(1, 2).to(allocation.dtype)  # empty tokens: no row
                 present = (tokens_seen.to(x.dtype) @ allocation.detach()).view(b, p, -1) > 0
             allocations.append(allocation.view(b, p, k, -1)[:, -1])
-        if not self.skip_empty:
+        if present is None:
             present = torch.ones(interests.shape[:3], dtype=torch.bool, device=x.device)
         return interests, allocations, present
 
@@ -325,13 +327,17 @@ class BivRec(SequentialRecommender):
     def score_all(self, batch: SeqBatch) -> torch.Tensor:
         """``max_k v_k · x_i`` over the score view's interests at the newest position ``[B, n_items]``."""
         out = self.view_output(self.config.score_view, batch, newest_only=True)
-        scores = torch.einsum("bkd,nd->bkn", out.interests[:, -1], out.table)
-        return scores.masked_fill(~out.present[:, -1, :, None], float("-inf")).amax(1)
+        return self._max_over_interests(torch.einsum("bkd,nd->bkn", out.interests[:, -1], out.table), out)
 
     def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
         out = self.view_output(self.config.score_view, batch, newest_only=True)
-        scores = torch.einsum("bkd,bcd->bkc", out.interests[:, -1], out.table[candidates])
-        return scores.masked_fill(~out.present[:, -1, :, None], float("-inf")).amax(1)
+        return self._max_over_interests(torch.einsum("bkd,bcd->bkc", out.interests[:, -1], out.table[candidates]), out)
+
+    def _max_over_interests(self, scores: torch.Tensor, out: ViewOutput) -> torch.Tensor:
+        """``[B, K, n] -> [B, n]``: the best interest per item, among the present ones with ``skip_empty_interests``."""
+        if self.config.skip_empty_interests:
+            scores = scores.masked_fill(~out.present[:, -1, :, None], float("-inf"))
+        return scores.amax(1)
 
     def losses(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
         """The terms of Eq. 22: ``rec_<view>`` (Eq. 19-21) per view, ``contrast`` (Eq. 16-17), ``allocation`` (Eq. 18)."""

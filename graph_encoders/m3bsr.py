@@ -135,10 +135,6 @@ class M3BSRConfig(ModelConfig):
             raise ConfigError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if min(self.lambda_contrast, self.lambda_modality, self.lambda_behavior) < 0:
             raise ConfigError("lambda_contrast, lambda_modality and lambda_behavior must be >= 0")
-        if self.eval_start not in ("noise", "clean"):
-            raise ConfigError(f"eval_start must be 'noise' or 'clean', got {self.eval_start!r}")
-        if self.modality_condition not in ("history", "own"):
-            raise ConfigError(f"modality_condition must be 'history' or 'own', got {self.modality_condition!r}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
 
@@ -279,8 +275,10 @@ class M3BSR(SequentialRecommender):
         features = self._features(batch.items)
         zero = features["id"].new_zeros(())
         losses = {"modality": zero, "behavior": zero}
-        own = torch.eye(length, dtype=torch.bool, device=valid.device)
-        id_mask = valid[:, None, :] & (own if self.config.modality_condition == "own" else past)  # ID keys
+        if self.config.modality_condition == "own":  # the item's own ID only
+            id_mask = valid[:, None, :] & torch.eye(length, dtype=torch.bool, device=valid.device)
+        else:  # every ID at positions <= t
+            id_mask = valid[:, None, :] & past
         for c, m in enumerate(self.modal if self.denoise_modality else []):  # Eq. 6-10
             features[m], loss = self._diffuse(self.modality_denoisers[m], self.modality_schedule, features[m],
                                               features["id"], id_mask, valid, None if noise is None else noise[c])
