@@ -99,6 +99,10 @@ class BivRecConfig(ModelConfig):
     # leave out interests that received no token: a later clustering stage does not see the previous stage's empty
     # interests, and Eq. 19 (training and scoring) picks among the non-empty ones; false: the paper as printed
     skip_empty_interests: bool = False
+    # add the newest item's token after the Gaussian attention (its scale-1 token at the query position) as one
+    # more interest, read by Eq. 14, Eq. 19 and the max score: a recency path as SASRec's last position
+    # (*ours*, not the paper's; docs/bivrec.md "Leads" 6); false: the paper's interests only
+    recency_interest: bool = False
     contrast_weight: float = 0.5  # λ1 (Eq. 22)
     allocation_weight: float = 0.3  # λ2 (Eq. 22)
     beta_init: float = 0.07  # initial learnable temperature β (Eq. 17)
@@ -139,7 +143,8 @@ class ViewOutput:
     interests: torch.Tensor  # [B, P, K, d], P = L (every position) or 1 (the newest)
     allocations: list[torch.Tensor]  # per clustering stage, the newest position's Â [B, N_stage, K_stage]
     table: torch.Tensor  # [n_items, d], the view's item embeddings
-    present: torch.Tensor  # [B, P, K] bool: interests that received a token (all True unless skip_empty_interests)
+    present: torch.Tensor  # [B, P, K] bool: interests that received a token (all True unless skip_empty_interests;
+    # with recency_interest the last interest is present where its position is real)
 
 
 class InterestTower(nn.Module):
@@ -160,8 +165,9 @@ class InterestTower(nn.Module):
             ClusterAttention(d, k, config.top_f, config.temperature, noise, config.hard_assignment,
                              config.interest_pooling)
             for k in config.interests)
-        self.skip_empty = config.skip_empty_interests
-        self.pool_logits = nn.Parameter(torch.zeros(config.interests[-1]))  # f_AVG: uniform at start (Eq. 14)
+        self.skip_empty, self.recency = config.skip_empty_interests, config.recency_interest
+        n_final = config.interests[-1] + int(config.recency_interest)
+        self.pool_logits = nn.Parameter(torch.zeros(n_final))  # f_AVG: uniform at start (Eq. 14)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))  # Eq. 15
 
     def tokens(self, items: torch.Tensor, valid: torch.Tensor
@@ -197,7 +203,8 @@ class InterestTower(nn.Module):
     def forward(self, items: torch.Tensor, valid: torch.Tensor, newest_only: bool
                 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """``(V [B, P, K, d], newest allocations, present [B, P, K])``: the interests of every position (or the
-        newest only); ``present`` marks interests that received a token (all True unless ``skip_empty``)."""
+        newest only); ``present`` marks interests that received a token (all True unless ``skip_empty``).
+        With ``recency`` the last of the ``K`` is the query position's own token (present where it is real)."""
         x, token_valid, positions, ends = self.tokens(items, valid)
         n = x.shape[1]
         causal = ends[None, :] <= ends[:, None]  # key j's newest item is not later than query i's
@@ -225,6 +232,10 @@ class InterestTower(nn.Module):
             allocations.append(allocation.view(b, p, k, -1)[:, -1])
         if present is None:
             present = torch.ones(interests.shape[:3], dtype=torch.bool, device=x.device)
+        if self.recency:  # scale-1 tokens come first in x: token t is column t's item (Eq. 3)
+            newest = x[:, queries].unsqueeze(2)  # [B, P, 1, d]
+            interests = torch.cat([interests, newest], 2)
+            present = torch.cat([present, token_valid[:, queries, None]], 2)
         return interests, allocations, present
 
     def pooled(self, interests: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ def test_defaults_are_the_papers():
     assert (cfg.scales, cfg.interests, cfg.top_f, cfg.temperature) == ([4, 8], [24, 4], 1, 1.0)  # A.4, MovieLens
     assert (cfg.contrast_weight, cfg.allocation_weight, cfg.beta_init) == (0.5, 0.3, 0.07)
     assert (cfg.views, cfg.score_view, cfg.selection_noise, cfg.hidden_size) == (["id", "mm"], "id", "gumbel", 64)
-    assert (cfg.interest_pooling, cfg.skip_empty_interests) == ("sum", False)  # Eq. 12 / Eq. 19 as printed
+    assert (cfg.interest_pooling, cfg.skip_empty_interests, cfg.recency_interest) == ("sum", False, False)  # as printed
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -232,6 +232,30 @@ def test_skip_empty_interests_leaves_empty_interests_out(tiny_dataset):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
 
+def test_recency_interest_is_the_newest_token(tiny_dataset):
+    """``recency_interest``: one more interest, the query position's own scale-1 token after the Gaussian
+    attention; with no attention layer that is ``F[item] + E_pos`` (Eq. 1). It joins the max score and Eq. 19."""
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    model = build(spec, recency_interest=True, num_layers=0).eval()
+    with torch.no_grad():
+        out = model.view_output("id", batch, newest_only=True)
+        assert out.interests.shape == (len(batch.items), 1, TINY["interests"][-1] + 1, 16)
+        assert out.present[:, -1, -1].all()
+        tower = model.towers["id"]
+        expected = out.table[batch.items[:, -1] - 1] + tower.positions.weight[TINY["max_len"] - 1]
+        torch.testing.assert_close(out.interests[:, 0, -1], expected)
+        per_interest = torch.einsum("bkd,nd->bkn", out.interests[:, 0], out.table)
+        torch.testing.assert_close(model.score_all(batch), per_interest.amax(1))
+        assert (per_interest.argmax(1) == TINY["interests"][-1]).any()  # the recency interest wins some items
+        full = model.view_output("id", batch)  # every position: its own token, absent at padding
+        torch.testing.assert_close(full.interests[:, -1], out.interests[:, 0])
+        torch.testing.assert_close(full.present[..., -1], batch.valid)
+    model = build(spec, recency_interest=True)
+    torch.manual_seed(0)
+    losses = train_steps(model, train_batch(tiny_dataset), 25, lr=1e-2)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+
+
 # ---- variants ----------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_variant_trains_and_scores(tiny_dataset, variant):
@@ -282,11 +306,11 @@ def _changed_at(batch, column: int, n_items: int):
     return replace(batch, items=items)
 
 
-@pytest.mark.parametrize("column", [-1, -3])
-def test_a_later_item_does_not_change_earlier_positions(tiny_dataset, column):
-    """Every position's interests (Eq. 7-12, through the multi-scale tokens and the Gaussian attention)
-    depend only on the items up to it, in both views; the changed position itself does change."""
-    model = build(spec_of(tiny_dataset)).eval()
+@pytest.mark.parametrize("column, recency", [(-1, False), (-3, False), (-3, True)])
+def test_a_later_item_does_not_change_earlier_positions(tiny_dataset, column, recency):
+    """Every position's interests (Eq. 7-12, through the multi-scale tokens and the Gaussian attention; and the
+    recency interest) depend only on the items up to it, in both views; the changed position itself does change."""
+    model = build(spec_of(tiny_dataset), recency_interest=recency).eval()
     batch = train_batch(tiny_dataset)
     changed = _changed_at(batch, column, tiny_dataset.n_items)
     length = TINY["max_len"]
