@@ -119,16 +119,17 @@ def main(argv: list[str] | None = None) -> int:
                           for n, sh, s, c, _ in top_shapes],
         "load_average_after": os.getloadavg(),
     }
-    lines = [f"Machine: {describe_machine(machine)}; {args.threads} torch thread(s); task {args.task}, "
-             f"{args.precision}, {args.steps} profiled steps ({samples} samples), one warm-up step before.",
-             f"Profiled step {wall / args.steps:.2f} s against {unprofiled['seconds']:.2f} s unprofiled; "
-             f"self CPU time summed over operators {total:.2f} s (shares below are of this sum).", "",
-             "| group | self s | share |", "|---|---:|---:|"]
+    header = (f"Machine: {describe_machine(machine)}; {args.threads} torch thread(s); task {args.task}, "
+              f"{args.precision}, {args.steps} profiled steps ({samples} samples), one warm-up step before.")
+    timing = (f"Profiled step {wall / args.steps:.2f} s against {unprofiled['seconds']:.2f} s unprofiled; "
+              f"self CPU time summed over operators {total:.2f} s (shares below are of this sum).")
+    lines = [header, timing, "", "| group | self s | share |", "|---|---:|---:|"]
     lines += [f"| {g} | {v['s']:.2f} | {v['share']:.3f} |" for g, v in report["groups"].items()]
     lines += ["", "| operator | group | calls | self s | share |", "|---|---|---:|---:|---:|"]
     lines += [f"| `{r['op']}` | {r['group']} | {r['calls']} | {r['s']:.3f} | {r['share']:.3f} |" for r in report["top"]]
-    lines += ["", f"Matrix products with a dimension equal to the LoRA rank {rank} (the thin LoRA products): "
-              f"{thin:.2f} s = {thin / mm_total:.3f} of the matmul time.", "",
+    thin_line = (f"Matrix products with a dimension equal to the LoRA rank {rank} (the thin LoRA products): "
+                 f"{thin:.2f} s = {thin / mm_total:.3f} of the matmul time.")
+    lines += ["", thin_line, "",
               "| operator | input shapes | calls | self s | share of matmul |", "|---|---|---:|---:|---:|"]
     lines += [f"| `{n}` | {sh} | {c} | {s:.3f} | {s / mm_total:.3f} |" for n, sh, s, c, _ in top_shapes]
     name = f"train_ops_{args.task}_{args.threads}t"
