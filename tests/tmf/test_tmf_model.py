@@ -269,3 +269,52 @@ def test_routing_must_train_the_item_adaptor_wherever_it_trains_the_fusion():
     broken = dict(TRAINABLE_BY_TASK, hard=frozenset({"lora", "fusion"}))
     with pytest.raises(ValueError, match="trains the fusion but not the item adaptor"):
         check_routing_is_nested(broken)
+
+
+def test_packed_forward_gives_the_padded_loss_and_gradients(shop, renderer, tokenizer, tiny_lm_dir, tables,
+                                                            monkeypatch):
+    """``lm.pack_sequences`` (the default with ``sdpa_gqa``): the rows' real tokens run as one packed sequence,
+    each row attending within itself; the loss, hidden states and every trainable gradient equal the padded
+    forward's. The packed kernel really runs (spied), once per row and layer."""
+    from llmrec.tmf import attention
+
+    batch = shop_batch(shop, renderer, tokenizer, ["hard", "easy", "medium"])
+    lengths = batch["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) == 3  # rows of different lengths: real padding to skip
+    calls = []
+    packed_attention = attention.packed_attention
+    monkeypatch.setattr(attention, "packed_attention",
+                        lambda q, k, v, n, *a: calls.append(tuple(n)) or packed_attention(q, k, v, n, *a))
+    results = []
+    for pack in (False, True):
+        cfg = tiny_model_config(tiny_lm_dir)
+        cfg.lm.pack_sequences = pack
+        torch.manual_seed(0)
+        model = TMFModel(cfg, tables).train()
+        assert model.causal_lm.config._attn_implementation == "sdpa_gqa"
+        hidden = model.hidden_states(batch)
+        loss = model(batch).loss
+        loss.backward()
+        grads = [p.grad for g in model.parameter_groups().values() for p in g if p.grad is not None]
+        results.append((hidden.detach(), loss.detach(), grads))
+    assert calls and set(calls) == {tuple(lengths.tolist())}
+    assert len(calls) == 2 * model.causal_lm.config.num_hidden_layers  # hidden_states() and forward(), every layer
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(results[1][0][real], results[0][0][real], rtol=1e-5, atol=1e-5)
+    assert bool((results[1][0][~real] == 0).all())  # padding positions: zeros, never read by the loss
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+    assert len(results[1][2]) == len(results[0][2]) > 0
+    for padded, packed in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_is_skipped_where_it_cannot_apply(tiny_lm_dir, tables):
+    model = make_model(tiny_lm_dir, tables)
+    assert model._packable_lengths(torch.tensor([[1, 1, 0], [1, 1, 1]])) == (2, 3)
+    assert model._packable_lengths(torch.tensor([[0, 1, 1], [1, 1, 1]])) == (2, 3)  # left padding
+    assert model._packable_lengths(torch.tensor([[1, 1, 1], [1, 1, 1]])) is None  # no padding: nothing to gain
+    assert model._packable_lengths(torch.tensor([[1, 0, 1], [1, 1, 1]])) is None  # a hole
+    assert model._packable_lengths(torch.tensor([[0, 0, 0], [1, 1, 1]])) is None  # an empty row
+    assert model._packable_lengths(torch.ones(2, 1, 3, 3)) is None  # a 4D mask (packed candidate ranking)
+    model.cfg.lm.pack_sequences = False
+    assert model._packable_lengths(torch.tensor([[1, 1, 0], [1, 1, 1]])) is None
