@@ -4,9 +4,7 @@ Runs, each in its own process (so peak RSS is per configuration):
 
 * ``ours``: :class:`llmrec.train.loop.Trainer` steps (render + collate + forward + backward + AdamW) on
   the easy task and the hard task, with length-grouped batches, logits only at label positions, the fused
-  LoRA forward (llmrec.tmf.fused_lora), grouped-query attention without repeated heads and the micro-batch's rows
-  packed into one sequence without padding (llmrec.tmf.attention, ``lm.pack_sequences``; ``--ours-padded`` adds a
-  run with it off), and
+  LoRA forward (llmrec.tmf.fused_lora), grouped-query attention without repeated heads (llmrec.tmf.attention), and
   with ``--ours-compile`` the compiled RMSNorm / SiLU gate (``lm.compile_elementwise``, opt-in; compiled during
   the untimed warm-up step, whose seconds are kept as ``warmup_s``), and
   the CPU recipes' LoRA dropout (``--ours-lora-dropout``, default 0: PEFT's dropout draws a mask per
@@ -80,8 +78,7 @@ def train_overrides(args, task: str, precision: str) -> list[str]:
         f"gradient_accumulation_steps={args.grad_accum}", f"max_steps={args.steps + 1}", "eval.every=-1",
         f"curriculum.fixed_task={task}", f"precision={precision}", f"max_length={args.max_length}",
         f"train_candidates.size={size}", f"eval.candidates.size={size}", "num_threads=2", "log_every=1000",
-        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={args.ours_compile}",
-        f"model.lm.pack_sequences={getattr(args, 'pack', True)}"]
+        f"model.lora.dropout={args.lora_dropout}", f"model.lm.compile_elementwise={args.ours_compile}"]
 
 
 def train_config(args, task: str, precision: str):
@@ -332,14 +329,10 @@ def main() -> None:
     parser.add_argument("--ours-lora-dropout", type=float, default=0.0,
                         help="our loop's LoRA dropout (the CPU recipes' setting)")
     parser.add_argument("--plain-lora-dropout", type=float, default=0.1, help="the plain loop's (LLaRA's) LoRA dropout")
-    parser.add_argument("--ours-padded", action="store_true",
-                        help="also run our loop with model.lm.pack_sequences=false (padded micro-batches)")
-    parser.add_argument("--pack", default="true", choices=["true", "false"], help=argparse.SUPPRESS)
     parser.add_argument("--ours-compile", action="store_true",
                         help="our loop with lm.compile_elementwise (opt-in; the CPU recipes leave it off)")
     args = parser.parse_args()
     args.lora_dropout = args.lora_dropout if args.worker else args.ours_lora_dropout
-    args.pack = args.pack == "true"
     if args.profile:
         profile(args)
         return
@@ -363,13 +356,11 @@ def compare(args) -> None:
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     ours, plain = args.ours_lora_dropout, args.plain_lora_dropout
-    # (name, loop, task, LoRA dropout, packed); ours/easy first: it writes the rows it trained, which the others train too
-    kinds = [("ours/easy", "ours", "easy", ours, True), ("plain/easy", "plain", "easy", plain, True),
-             ("ours/hard", "ours", "hard", ours, True)]
+    # (name, loop, task, LoRA dropout); ours/easy first: it writes the rows it trained, which the others train too
+    kinds = [("ours/easy", "ours", "easy", ours), ("plain/easy", "plain", "easy", plain),
+             ("ours/hard", "ours", "hard", ours)]
     if ours != plain:
-        kinds.insert(1, (f"ours/easy, plain's LoRA dropout {plain}", "ours", "easy", plain, True))
-    if args.ours_padded:
-        kinds.insert(1, ("ours/easy, padded", "ours", "easy", ours, False))
+        kinds.insert(1, (f"ours/easy, plain's LoRA dropout {plain}", "ours", "easy", plain))
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     OUT.mkdir(parents=True, exist_ok=True)
     rows_file = OUT / "train_throughput_rows.json"
@@ -378,13 +369,12 @@ def compare(args) -> None:
     measured: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
         for precision in precisions:
-            for name, loop, task, dropout, pack in kinds:
+            for name, loop, task, dropout in kinds:
                 writes_rows = name == "ours/easy"
                 command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision",
                            precision, "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
                            str(args.grad_accum), "--max-history", str(args.max_history), "--max-length",
                            str(args.max_length), "--lora-dropout", str(dropout), *(["--ours-compile"] * args.ours_compile),
-                           "--pack", "true" if pack else "false",
                            "--rows-file", str(rows_file) if writes_rows or loop == "plain" else ""]
                 key = f"{name}/{precision}"
                 print(f"[{repeat + 1}/{args.repeats}] running {key} ...", flush=True)
@@ -408,8 +398,6 @@ def compare(args) -> None:
         if ours != plain:
             checks[f"ours with plain's LoRA dropout / plain samples/s, {p}"] = ratio(
                 f"ours/easy, plain's LoRA dropout {plain}/{p}", f"plain/easy/{p}")
-        if args.ours_padded:
-            checks[f"ours packed / ours padded samples/s, {p}"] = ratio(f"ours/easy/{p}", f"ours/easy, padded/{p}")
         checks[f"hard/easy seconds per sample, {p} (target <= 1.15)"] = ratio(f"ours/hard/{p}", f"ours/easy/{p}",
                                                                               "seconds_per_sample")
         checks[f"ours/plain peak RSS, {p} (target <= 1.0)"] = ratio(f"ours/easy/{p}", f"plain/easy/{p}", "peak_rss_mb")
@@ -419,7 +407,7 @@ def compare(args) -> None:
     (OUT / "train_throughput.json").write_text(json.dumps(report, indent=2))
     header = (f"Machine: {describe_machine(machine)}; 2 torch threads. Medians of {args.repeats} run(s) per "
               f"configuration; every loop trains exactly the rows ours/easy trained. LoRA dropout: ours {ours}, "
-              f"plain {plain}. Ours: fused LoRA forward, sdpa_gqa attention, packed sequences, compile_elementwise "
+              f"plain {plain}. Ours: fused LoRA forward, sdpa_gqa attention, compile_elementwise "
               f"{'on (compiled in the untimed warm-up step)' if args.ours_compile else 'off'}.")
     lines = [header, "",
              "| run | samples/s | real tokens/s | s/sample | peak RSS (MB) |", "|---|---|---|---|---|"]

@@ -8,10 +8,6 @@ and for the packed candidate ranking. PyTorch's CPU kernels take the grouped hea
 SmolLM2's shape (docs/training.md "Throughput"). The function computes the same attention: it is tested against
 ``sdpa`` on masked, causal and packed batches.
 
-Packed sequences (``LMConfig.pack_sequences``): called with ``packed_lengths`` (the rows' lengths, the batch
-one row of their real tokens one after another), each row attends causally within itself, one kernel call per
-row, on every device; the attention mask transformers built for the packed row is not read.
-
 Every other case goes to transformers' own ``sdpa`` function unchanged: other devices (CUDA picks its kernels by
 other rules), single-token decoding, a key longer than the query (a KV cache), position biases, paged caches.
 """
@@ -36,9 +32,6 @@ def sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     """transformers' attention-function signature: ``query`` ``[B, H, T, D]``, ``key`` / ``value`` ``[B, KV, S, D]``;
     returns ``([B, T, H, D], None)``."""
     groups = getattr(module, "num_key_value_groups", 1)
-    packed = kwargs.get("packed_lengths")
-    if packed is not None:
-        return packed_attention(query, key, value, packed, scaling, groups), None
     length = query.shape[2]
     if (groups == 1 or query.device.type != "cpu" or length == 1 or key.shape[2] != length
             or any(kwargs.get(k) is not None for k in _FALLBACK_KWARGS)):
@@ -49,18 +42,6 @@ def sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
                                             scale=scaling, is_causal=bool(causal and attention_mask is None),
                                             enable_gqa=True)
     return output.transpose(1, 2).contiguous(), None
-
-
-def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: tuple[int, ...],
-                     scaling: float | None, groups: int) -> torch.Tensor:
-    """Causal attention within each of the packed rows: ``query`` ``[1, H, sum(lengths), D]`` (keys and values
-    ``[1, KV, sum(lengths), D]``) -> ``[1, sum(lengths), H, D]``."""
-    if query.shape[0] != 1 or sum(lengths) != query.shape[2] or key.shape[2] != query.shape[2]:
-        raise ValueError(f"packed attention needs one packed row of {sum(lengths)} tokens (the packed lengths "
-                         f"{list(lengths)}), got query {tuple(query.shape)}, key {tuple(key.shape)}")
-    pieces = [F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=True, enable_gqa=groups > 1)
-              for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
-    return torch.cat(pieces, 2).transpose(1, 2).contiguous()
 
 
 def register() -> None:

@@ -80,10 +80,6 @@ class LMConfig:
     """Attention kernel passed to transformers; null lets transformers choose. ``sdpa_gqa`` (llmrec.tmf.attention)
     is ``sdpa`` with the grouped key/value heads left to PyTorch's CPU kernel instead of repeated (1.2x faster
     attention on a CPU; on other devices exactly ``sdpa``)."""
-    pack_sequences: bool = True
-    """With ``sdpa_gqa``: a padded batch's forward runs its real tokens only, the rows one after another in a
-    single packed sequence, each attending causally within itself (llmrec.tmf.attention); the same function as
-    the padded forward (tested), without the padding's compute. Other attention implementations run padded."""
     compile_elementwise: bool = False
     """Run the Llama blocks' RMSNorms and SiLU gates as ``torch.compile`` kernels (llmrec.tmf.compiled_layers;
     seconds to compile, 1.04-1.07x faster steps on a CPU; needs a C++ compiler on a CPU, else a warning and eager)."""

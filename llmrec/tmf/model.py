@@ -387,29 +387,9 @@ class TMFModel(nn.Module):
     def hidden_states(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Final (normed) hidden states ``[B, T, hidden]`` of the decoder over the slot-filled embeddings."""
         decoder = self.causal_lm.get_decoder()
-        embeds, mask = self.embed_inputs(batch), batch["attention_mask"]
-        lengths = self._packable_lengths(mask)
-        if lengths is None:
-            return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        real = mask.bool()  # the rows' real tokens, one after another (each row's are contiguous)
-        positions = torch.cat([torch.arange(n, device=embeds.device) for n in lengths])[None]
-        packed = decoder(inputs_embeds=embeds[real][None], position_ids=positions, use_cache=False,
-                         packed_lengths=lengths).last_hidden_state[0]
-        return packed.new_zeros(*mask.shape, packed.shape[-1]).index_put((real,), packed)
-
-    def _packable_lengths(self, mask: torch.Tensor) -> tuple[int, ...] | None:
-        """The rows' lengths when the forward can run packed (``lm.pack_sequences`` with ``sdpa_gqa``, a padded
-        ``[B, T]`` mask whose rows each hold one contiguous run of real tokens), else ``None``."""
-        lm = self.cfg.lm
-        attention = getattr(self.causal_lm.config, "_attn_implementation", None)
-        if not (lm.pack_sequences and attention == "sdpa_gqa") or mask.dim() != 2 or bool(mask.all()):
-            return None
-        counts = mask.sum(1)
-        first = mask.argmax(1)
-        last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
-        if bool((counts == 0).any()) or bool((last - first + 1 != counts).any()):
-            return None  # an empty row or a row with a hole: the padded forward
-        return tuple(int(n) for n in counts)
+        out = decoder(inputs_embeds=self.embed_inputs(batch), attention_mask=batch["attention_mask"],
+                      use_cache=False)
+        return out.last_hidden_state
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits (fp32) for selected hidden states ``[K, hidden]``."""

@@ -67,20 +67,3 @@ def test_tiny_llama_gives_sdpa_logits_and_gradients(tiny_lm_dir):
         results.append((logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
-
-
-def test_packed_rows_attend_within_themselves():
-    """``packed_lengths``: one packed row of three sequences equals causal attention over each alone."""
-    lengths = (3, 5, 2)
-    q, k, v = qkv(batch=1, length=sum(lengths))
-    got, weights = sdpa_gqa_attention(MODULE, q, k, v, None, scaling=0.3, packed_lengths=lengths)
-    assert weights is None and got.shape == (1, sum(lengths), 4, 8)
-    start = 0
-    for n in lengths:
-        part = slice(start, start + n)
-        alone, _ = sdpa_attention_forward(MODULE, q[:, :, part], k[:, :, part], v[:, :, part], None, scaling=0.3,
-                                          is_causal=True)
-        torch.testing.assert_close(got[:, part], alone, rtol=1e-5, atol=1e-6)
-        start += n
-    with pytest.raises(ValueError, match="packed lengths"):
-        sdpa_gqa_attention(MODULE, q, k, v, None, packed_lengths=(3, 5))
