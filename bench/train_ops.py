@@ -1,7 +1,7 @@
 """Where a training step's time goes, by torch operator (issue #12): matrix products against the rest.
 
 Runs our loop (:class:`llmrec.train.loop.Trainer`, the settings of ``bench/train_throughput.py``) for one
-warm-up step, then ``--steps`` steps under ``torch.profiler``, and sums each operator's *self* CPU time
+warm-up step and one step timed without the profiler, then ``--steps`` steps under ``torch.profiler``, and sums each operator's *self* CPU time
 (time inside the operator, not in the operators it calls). Operators are grouped:
 
 * ``matmul``: the dense products (``aten::mm``, ``addmm``, ``bmm``, ...), the work FLOP counts measure;
@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     from llmrec.train.loop import Trainer
 
     args = parse_args(argv)
-    args.profile = args.task
     dataset = throughput.build_dataset(args)
-    config = throughput.train_config(args, args.task, args.precision)
+    # the schedule covers every step run here: the warm-up, the unprofiled one and the profiled ones
+    config = throughput.train_config(argparse.Namespace(**{**vars(args), "steps": args.steps + 1}), args.task,
+                                     args.precision)
     trainer = Trainer(config, dataset, throughput.tables(dataset))
     rank = config.model.lora.r
     torch.set_num_threads(args.threads)  # after the Trainer, which sets the config's 2
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, _ in per_op:
         groups[group_of(name)] += seconds
     top = sorted(per_op, key=lambda row: -row[1])[: args.top]
-    shapes = [(e.key, str(e.input_shapes), e.self_cpu_time_total / 1e6, e.count, e.flops)
+    shapes = [(e.key, str(e.input_shapes), e.self_cpu_time_total / 1e6, e.count)
               for e in prof.key_averages(group_by_input_shape=True) if e.key in MATMUL]
     mm_total = sum(row[2] for row in shapes)
     thin = sum(row[2] for row in shapes if is_thin(row[1], rank))
@@ -116,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         "top": [{"op": n, "s": s, "share": s / total, "calls": c, "group": group_of(n)} for n, s, c in top],
         "matmul_thin_s": thin, "matmul_thin_share_of_matmul": thin / mm_total if mm_total else None,
         "matmul_shapes": [{"op": n, "shapes": sh, "s": s, "share_of_matmul": s / mm_total, "calls": c}
-                          for n, sh, s, c, _ in top_shapes],
+                          for n, sh, s, c in top_shapes],
         "load_average_after": os.getloadavg(),
     }
     header = (f"Machine: {describe_machine(machine)}; {args.threads} torch thread(s); task {args.task}, "
-              f"{args.precision}, {args.steps} profiled steps ({samples} samples), one warm-up step before.")
+              f"{args.precision}, {args.steps} profiled steps ({samples} samples) after a warm-up step and one timed without the profiler.")
     timing = (f"Profiled step {wall / args.steps:.2f} s against {unprofiled['seconds']:.2f} s unprofiled; "
               f"self CPU time summed over operators {total:.2f} s (shares below are of this sum).")
     lines = [header, timing, "", "| group | self s | share |", "|---|---:|---:|"]
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{thin:.2f} s = {thin / mm_total:.3f} of the matmul time.")
     lines += ["", thin_line, "",
               "| operator | input shapes | calls | self s | share of matmul |", "|---|---|---:|---:|---:|"]
-    lines += [f"| `{n}` | {sh} | {c} | {s:.3f} | {s / mm_total:.3f} |" for n, sh, s, c, _ in top_shapes]
+    lines += [f"| `{n}` | {sh} | {c} | {s:.3f} | {s / mm_total:.3f} |" for n, sh, s, c in top_shapes]
     name = f"train_ops_{args.task}_{args.threads}t"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(report, indent=2))
