@@ -142,9 +142,10 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
+    resolved = cfg_path.resolve()  # the model config, named relative to the repository (no machine paths)
+    config_name = resolved.relative_to(REPO).as_posix() if resolved.is_relative_to(REPO) else cfg_path.name
     (args.out / "train_flops.json").write_text(json.dumps(
-        {"throughput": str(args.throughput_json), "model_config": cfg_path.resolve().relative_to(REPO).as_posix() if cfg_path.resolve().is_relative_to(REPO)
-         else cfg_path.name, "threads": threads,
+        {"throughput": str(args.throughput_json), "model_config": config_name, "threads": threads,
          "lora_rank": args.lora_rank, "answer_tokens": args.answer_tokens, "gemm_gflop_per_s": rates,
          "gemm_layer_rate": ceiling, "runs": table, "needed_for_2x_gflop_per_s": needed}, indent=2))
     (args.out / "train_flops.md").write_text(text)
