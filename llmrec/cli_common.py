@@ -29,9 +29,15 @@ T = TypeVar("T")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str, overrides_example: str,
-                         required: bool = True, print_config: bool = False) -> None:
-    """``--config FILE``, optional ``--print-config``, and the positional ``key=value`` overrides."""
-    parser.add_argument("--config", required=required, default=None, help=config_help)
+                         required: bool = True, print_config: bool = False, layered: bool = False) -> None:
+    """``--config FILE`` (repeatable when ``layered``: the files merge in order, ``llmrec.config.merge_layers``),
+    optional ``--print-config``, and the positional ``key=value`` overrides."""
+    if layered:
+        parser.add_argument("--config", required=required, default=None, action="append",
+                            help=f"{config_help}; give it again to layer more files over it in order (a later "
+                            "file's sections merge key by key, its values replace), e.g. a hardware profile")
+    else:
+        parser.add_argument("--config", required=required, default=None, help=config_help)
     if print_config:
         parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {overrides_example}")

@@ -8,6 +8,12 @@ what is allowed::
 
     cfg = load_config(DataConfig, "configs/data/ml100k.yaml", ["max_history=20"])
 
+Several files are layered in order (:func:`merge_layers`): a later file's sections merge into the earlier
+ones key by key, its scalars and lists replace theirs; the overrides apply last. A recipe row plus a hardware
+profile is one recipe::
+
+    cfg = load_config(TrainConfig, ["configs/ablations/text_only_ml100k.yaml", "configs/profiles/llama2_7b_gpu.yaml"])
+
 A dataclass may define ``validate(self)`` for cross-field checks; it is called
 after construction and should raise :class:`ConfigError`.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -186,14 +193,40 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (optional) with dotted overrides applied."""
-    data = read_yaml(path) if path is not None else {}
+ConfigPaths = str | Path | Sequence[str | Path] | None
+
+
+def config_files(path: ConfigPaths) -> list[Path]:
+    """``path`` as a list of files: none, one, or several to layer in order."""
+    if path is None:
+        return []
+    if isinstance(path, (str, Path)):
+        return [Path(path)]
+    return [Path(p) for p in path]
+
+
+def merge_layers(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base``: sections (mappings) merge key by key, anything else in ``layer`` replaces."""
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_layers(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(cls: type[T], path: ConfigPaths = None, overrides: typing.Iterable[str] = ()) -> T:
+    """Load ``cls`` from YAML files layered in order (none, one or several) with dotted overrides applied."""
+    files = config_files(path)
+    data: dict[str, Any] = {}
+    for file in files:
+        data = merge_layers(data, read_yaml(file))
     data = apply_overrides(data, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
+        where = f"{' + '.join(str(f) for f in files)}: " if files else ""
         raise ConfigError(f"{where}{err}") from None
 
 

@@ -34,3 +34,16 @@ def test_fail_writes_prog_and_message_to_stderr(capsys):
     assert fail("llmrec x", KeyError("no item titled 'A'")) == EXIT_FAILED
     assert fail("llmrec x", "broken", 2) == 2
     assert capsys.readouterr().err.splitlines() == ["llmrec x: error: no item titled 'A'", "llmrec x: error: broken"]
+
+
+def test_train_layers_a_second_config_over_the_first(capsys):
+    """``llmrec train --config ROW --config PROFILE``: the printed recipe is the row with the profile's keys."""
+    import yaml
+
+    row, profile = REPO / "configs/ablations/text_only_ml100k.yaml", REPO / "configs/profiles/llama2_7b_gpu.yaml"
+    assert llmrec_main(["train", "--config", str(row), "--config", str(profile), "output_dir=runs/gpu/t",
+                        "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["lm"]["name_or_path"] == "meta-llama/Llama-2-7b-hf"  # the profile's
+    assert printed["curriculum"]["fixed_task"] == "easy" and printed["eval"]["task"] == "easy"  # the row's
+    assert printed["output_dir"] == "runs/gpu/t"  # the override, last

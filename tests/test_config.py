@@ -87,3 +87,22 @@ def test_bad_override_syntax_and_bad_file(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         load_config(Outer, bad)
+
+
+def test_files_layer_in_order_sections_merge_values_replace(tmp_path):
+    base, profile = tmp_path / "row.yaml", tmp_path / "profile.yaml"
+    base.write_text("name: row\nmode: hard\ninner:\n  r: 4\n  targets: [a, b]\n")
+    profile.write_text("name: gpu\ninner:\n  targets: [c]\n  dropout: 0.2\n")
+    cfg = load_config(Outer, [base, profile], ["inner.r=16"])
+    # the profile's scalar and list replace, the row's other keys survive the section merge, overrides come last
+    assert cfg == Outer(name="gpu", mode="hard", inner=Inner(r=16, targets=["c"], dropout=0.2))
+    assert load_config(Outer, [profile, base]).name == "row"  # order decides
+    assert load_config(Outer, [base]) == load_config(Outer, base)
+
+
+def test_layered_error_names_every_file(tmp_path):
+    base, profile = tmp_path / "row.yaml", tmp_path / "profile.yaml"
+    base.write_text("name: row\n")
+    profile.write_text("inner:\n  rank: 4\n")
+    with pytest.raises(ConfigError, match=r"row\.yaml \+ .*profile\.yaml: unknown config key 'inner\.rank'"):
+        load_config(Outer, [base, profile])

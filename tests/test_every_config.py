@@ -50,8 +50,19 @@ def _load_pipeline(path):
     return load_config(PipelineConfig, path)
 
 
+def _load_profile(path):
+    """A hardware profile is a partial recipe: it loads layered over a full row."""
+    return _load_recipe_layers(CONFIGS / "ablations/tmf_full_ml100k.yaml", path)
+
+
+def _load_recipe_layers(*paths):
+    from llmrec.train.config import load_train_config
+
+    return load_train_config(list(paths))
+
+
 LOADERS = {"data": _load_data, "encode": _load_encode, "graph": _load_graph, "infer": _load_infer,
-           "ablations": _load_recipe, "baselines": _load_recipe}
+           "ablations": _load_recipe, "baselines": _load_recipe, "profiles": _load_profile}
 YAML_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate")
 
 
@@ -133,3 +144,32 @@ def test_ablation_rows_change_only_their_own_keys(name, monkeypatch):
     changed = {k: v for k, v in row.items() if full[k] != v and k != "output_dir"}
     assert changed == ROW_CHANGES[name]
     assert row["output_dir"] != full["output_dir"]
+
+
+PROFILES = sorted((CONFIGS / "profiles").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("name", sorted(ROW_CHANGES))
+def test_a_profile_over_a_row_keeps_the_row_and_sets_the_profile(name, profile, monkeypatch):
+    """Row x hardware: every key the profile names takes its value, every other key stays the row's."""
+    monkeypatch.chdir(ROOT)
+    import yaml
+
+    from llmrec.config import to_dict
+
+    row = _flat(to_dict(_load_recipe(CONFIGS / name)))
+    layered = _flat(to_dict(_load_recipe_layers(CONFIGS / name, profile)))
+    named = _flat(yaml.safe_load(profile.read_text(encoding="utf-8")))
+    assert named, f"{profile}: empty profile"
+    assert {k: layered[k] for k in named} == named
+    assert {k: v for k, v in layered.items() if k not in named} == {k: v for k, v in row.items() if k not in named}
+    assert not set(named) & set(ROW_CHANGES[name]), f"{profile} overrides what makes {name} its row"
+
+
+def test_the_gpu_profile_is_the_papers_setting(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = _load_recipe_layers(CONFIGS / "baselines/llara_ml100k.yaml", CONFIGS / "profiles/llama2_7b_gpu.yaml")
+    assert cfg.model.lm.name_or_path == "meta-llama/Llama-2-7b-hf" and cfg.precision == "bf16"
+    assert cfg.batch_size * cfg.gradient_accumulation_steps == 64 and cfg.epochs == 3 and cfg.max_steps is None
+    assert cfg.graph_config == "configs/graph/sasrec_ml100k.yaml"  # the row's own encoder survives

@@ -20,9 +20,9 @@ from llmrec.train.loop import train
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """``llmrec train --config FILE [key=value ...] [--resume auto|latest|DIR] [--stop-after N]``."""
+    """``llmrec train --config FILE [--config PROFILE ...] [key=value ...] [--resume auto|latest|DIR] [--stop-after N]``."""
     parser = argparse.ArgumentParser(prog="llmrec train", description="Fine-tune TMF (LoRA + adaptors).")
-    add_config_arguments(parser, config_help="a configs/tmf_*.yaml recipe", print_config=True,
+    add_config_arguments(parser, config_help="a configs/tmf_*.yaml recipe", print_config=True, layered=True,
                          overrides_example="optimizer.lr=1e-4 max_steps=50")
     parser.add_argument("--resume", default=None,
                         help="'auto' (the run's latest checkpoint, or a fresh start if it has none), "

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from llmrec.config import ConfigError, load_config
+from llmrec.config import ConfigError, ConfigPaths, load_config
 from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE
 from llmrec.tmf.model import ModelConfig
 from llmrec.tmf.prompts.render import PromptConfig
@@ -163,8 +162,10 @@ def evaluation_task(cfg: TrainConfig) -> str:
     return cfg.eval.task or cfg.curriculum.fixed_task or cfg.curriculum.tasks[-1]
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A recipe with dotted overrides; ``train.<key>=v`` is accepted as ``<key>=v`` (the recipe *is* the train section)."""
-    overrides = [o[len("train."):] if o.startswith("train.") else o for o in overrides]
+def load_train_config(path: ConfigPaths, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A recipe (one file, or several layered in order: a row, then a profile such as
+    ``configs/profiles/llama2_7b_gpu.yaml``) with dotted overrides; ``train.<key>=v`` is accepted as ``<key>=v``
+    (the recipe *is* the train section)."""
+    overrides = [o.removeprefix("train.") for o in overrides]
     return load_config(TrainConfig, path, overrides)
 
