@@ -25,13 +25,18 @@ quickstart: $(STAMP)
 	$(BIN)/llmrec pipeline --config configs/quickstart.yaml
 
 # TMF Table 3 rows, LLaRA, MBHT, SASRec and rule rows on the synthetic shop (issue 11); trains the missing rows
-# first (each row ~1.5-2 h on one CPU core), then scores every row on the same users: bench/out/shop_experiment/ (ML-100k: python bench/llm_experiment.py --dataset ml100k --train)
+# first (each row ~1.5-2 h on one CPU core), then scores every row on the same users, then breaks the rows down by
+# the shop's planted user types: bench/out/shop_experiment/ (ML-100k: python bench/llm_experiment.py --dataset ml100k --train)
 experiment: $(STAMP)
 	$(BIN)/python bench/llm_experiment.py --dataset shop --train
+	$(BIN)/python bench/planted_breakdown.py --results bench/out/shop_experiment/shop_experiment.json \
+		--out bench/out/shop_experiment/planted_breakdown
 
 # The same table on the shop with category-first titles (synthetic.title_order; docs/RESULTS.md): bench/out/shop_category_first_experiment/
 experiment-category-first: $(STAMP)
 	$(BIN)/python bench/llm_experiment.py --dataset shop_category_first --train
+	$(BIN)/python bench/planted_breakdown.py --results bench/out/shop_category_first_experiment/shop_category_first_experiment.json \
+		--out bench/out/shop_category_first_experiment/planted_breakdown
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
