@@ -54,7 +54,7 @@ from llmrec.config import load_config
 from llmrec.data.candidates import load_candidates
 from llmrec.eval.infer import InferConfig, run_inference
 from llmrec.eval.report import evaluate_predictions, read_predictions
-from llmrec.metrics import bootstrap_interval, paired_comparison, target_ranks
+from llmrec.metrics import PAIRED_COLUMNS, bootstrap_interval, paired_cells, paired_comparison, target_ranks
 from llmrec.pipeline.stages import ensure_graph_run, ensure_inputs
 from llmrec.train.checkpoint import latest_checkpoint, load_trainer_state
 from llmrec.train.config import load_train_config
@@ -257,10 +257,8 @@ def markdown(results: dict) -> str:
         lines += ["", "Not trained yet (no finished run): " + "; ".join(results["not_run"]) + "."]
     if results["paired"]:
         lines += ["", "Paired comparisons of ranking HR@1 on the same users (b - a):", "",
-                  "| a | b | difference | 95% CI | p (sign-flip) | users b better / a better |", "|---|---|---|---|---|---|"]
-        for p in results["paired"]:
-            lines.append(f"| {p['a']} | {p['b']} | {p['difference']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
-                         f"{p['p_value']:.4f} | {p['b_better']} / {p['a_better']} |")
+                  f"| a | b | {PAIRED_COLUMNS} |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {paired_cells(p)} |" for p in results["paired"]]
     return "\n".join(lines) + "\n"
 
 

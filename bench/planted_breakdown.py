@@ -33,7 +33,7 @@ from title_order import random_in_session_category, several_in_session_category
 
 from llmrec.data.candidates import load_candidates
 from llmrec.eval.rules import session_category
-from llmrec.metrics import paired_comparison
+from llmrec.metrics import PAIRED_COLUMNS, paired_cells, paired_comparison
 from llmrec.pipeline.stages import ensure_dataset
 from llmrec.train.config import load_train_config
 
@@ -99,12 +99,9 @@ def markdown(results: dict) -> str:
     for name, shares in results["rows"].items():
         lines.append(f"| {name} | " + " | ".join(f"{shares[g]:.3f}" for g in groups) + " |")
     if results["paired"]:
-        lines += ["", ("Paired on the same users (b - a, paired bootstrap 95% interval, sign-flip p, users b better / "
-                  "a better):"), "", "| a | b | users | difference | 95% CI | p | b / a better |", "|---|---|---|---|---|---|---|"]
-        for pair in results["paired"]:
-            c = pair["comparison"]
-            lines.append(f"| {pair['a']} | {pair['b']} | {pair['group']} | {c['difference']:+.3f} | "
-                         f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p_value']:.3f} | {c['b_better']} / {c['a_better']} |")
+        lines += ["", "Paired on the same users (b - a, paired bootstrap):", "", f"| a | b | users | {PAIRED_COLUMNS} |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['a']} | {p['b']} | {p['group']} | {paired_cells(p['comparison'])} |" for p in results["paired"]]
     return "\n".join(lines) + "\n"
 
 

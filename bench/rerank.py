@@ -28,7 +28,7 @@ from llm_experiment import finished_checkpoint  # bench/ is on sys.path when a s
 from matplotlib.figure import Figure
 
 from llmrec.eval.infer import load_infer_config
-from llmrec.metrics import bootstrap_interval, paired_comparison
+from llmrec.metrics import bootstrap_interval, paired_cells, paired_comparison
 from llmrec.pipeline.commands import run_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,10 +97,8 @@ def markdown(results: dict) -> str:
     lines += ["", "Paired (retriever + LLM minus retriever alone, same users):", "",
               "| row | metric | difference | 95% CI | p (sign-flip) | users LLM better / retriever better |",
               "|---|---|---|---|---|---|"]
-    for name, row in results["rows"].items():
-        for metric, p in row["paired"].items():
-            lines.append(f"| {name} | {metric} | {p['difference']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | "
-                         f"{p['p_value']:.4f} | {p['b_better']} / {p['a_better']} |")
+    lines += [f"| {name} | {metric} | {paired_cells(p)} |"
+              for name, row in results["rows"].items() for metric, p in row["paired"].items()]
     if results["not_run"]:
         lines += ["", f"Not run (no finished LLM run): {', '.join(results['not_run'])}."]
     return "\n".join(lines) + "\n"

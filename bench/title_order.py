@@ -46,7 +46,7 @@ from rule_rows import rule_rows
 from llmrec.data.candidates import load_candidates
 from llmrec.eval.report import evaluate_predictions, read_predictions
 from llmrec.eval.rules import session_category
-from llmrec.metrics import bootstrap_interval, paired_comparison, target_ranks
+from llmrec.metrics import PAIRED_COLUMNS, bootstrap_interval, paired_cells, paired_comparison, target_ranks
 from llmrec.pipeline.stages import ensure_inputs
 from llmrec.train.checkpoint import load_trainer_state
 from llmrec.train.config import load_train_config
@@ -158,12 +158,8 @@ def markdown(results: dict) -> str:
         lines += ["", "Not run (no finished run): " + ", ".join(results["not_run"]) + "."]
     if results["paired"]:
         lines += ["", "Paired comparisons of ranking HR@1 on the same users (b - a):", "",
-                  "| a | b | difference | 95% CI | p (sign-flip) | users b better / a better |",
-                  "|---|---|---|---|---|---|"]
-        for pair in results["paired"]:
-            c = pair["comparison"]
-            lines.append(f"| {pair['a']} | {pair['b']} | {c['difference']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
-                         f" | {c['p_value']:.4f} | {c['b_better']} / {c['a_better']} |")
+                  f"| a | b | {PAIRED_COLUMNS} |", "|---|---|---|---|---|---|"]
+        lines += [f"| {pair['a']} | {pair['b']} | {paired_cells(pair['comparison'])} |" for pair in results["paired"]]
     return "\n".join(lines) + "\n"
 
 

@@ -280,3 +280,13 @@ def paired_comparison(a: Any, b: Any, n_boot: int = 2000, seed: int = 0) -> dict
     p_value = (1 + int((null >= abs(diff.mean()) - 1e-12).sum())) / (n_boot + 1)
     return {"difference": float(diff.mean()), "ci_low": low, "ci_high": high, "p_value": p_value,
             "n_users": int(diff.size), "b_better": int((diff > 0).sum()), "a_better": int((diff < 0).sum())}
+
+
+PAIRED_COLUMNS = "difference | 95% CI | p (sign-flip) | users b better / a better"
+
+
+def paired_cells(comparison: dict[str, float]) -> str:
+    """A :func:`paired_comparison` as markdown table cells, in the order of :data:`PAIRED_COLUMNS`."""
+    c = comparison
+    return (f"{c['difference']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p_value']:.4f} | "
+            f"{c['b_better']} / {c['a_better']}")

@@ -207,3 +207,12 @@ def test_paired_comparison_detects_a_real_gain_and_not_a_null_one():
     assert shuffled["ci_low"] < 0 < shuffled["ci_high"] and shuffled["p_value"] > 0.05
     with pytest.raises(ValueError, match="same users"):
         paired_comparison(a, a[:10])
+
+
+def test_paired_cells_format_a_comparison_in_the_column_order():
+    from llmrec.metrics import PAIRED_COLUMNS, paired_cells
+
+    cells = paired_cells({"difference": 0.0167, "ci_low": -0.023, "ci_high": 0.06, "p_value": 0.5, "b_better": 22,
+                          "a_better": 17})
+    assert cells == "+0.017 | [-0.023, +0.060] | 0.5000 | 22 / 17"
+    assert len(cells.split(" | ")) == len(PAIRED_COLUMNS.split(" | "))
