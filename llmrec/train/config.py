@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from llmrec.config import ConfigError, ConfigPaths, load_config
+from llmrec.config import ConfigError, ConfigPaths, load_config, read_yaml, to_dict
 from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE
 from llmrec.tmf.model import ModelConfig
 from llmrec.tmf.prompts.render import PromptConfig
@@ -169,3 +170,17 @@ def load_train_config(path: ConfigPaths, overrides: list[str] | tuple[str, ...] 
     overrides = [o.removeprefix("train.") for o in overrides]
     return load_config(TrainConfig, path, overrides)
 
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def config_changes(saved_file: str | Path, cfg: TrainConfig) -> list[str]:
+    """``"key: before -> now"`` for every dotted key where ``cfg`` differs from the resolved config a checkpoint
+    saved (``saved_file``, :data:`TRAIN_CONFIG_FILE`); keys only one side has count as changed."""
+    before, now = _flat(read_yaml(saved_file)), _flat(to_dict(cfg))
+    return [f"{key}: {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
+            for key in sorted(before.keys() | now.keys()) if before.get(key, "(absent)") != now.get(key, "(absent)")]

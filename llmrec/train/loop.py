@@ -50,7 +50,7 @@ from llmrec.tmf.collator import TMFCollator
 from llmrec.tmf.model import ADAPTOR_GROUPS, ModalityTables, TMFModel
 from llmrec.tmf.prompts.render import PromptRenderer
 from llmrec.train import checkpoint as ckpt
-from llmrec.train.config import TRAIN_CONFIG_FILE, TrainConfig, evaluation_task
+from llmrec.train.config import TRAIN_CONFIG_FILE, TrainConfig, config_changes, evaluation_task
 from llmrec.train.curriculum import CurriculumConfig, CurriculumSampler
 from llmrec.train.memory import release_freed_memory, resident_memory
 from llmrec.train.provenance import begin_segment
@@ -362,6 +362,11 @@ class Trainer:
         if saved is not None and saved != now:  # None: a checkpoint written before fingerprints were recorded
             raise ValueError(f"{folder}: trained on dataset version {saved}, this run's data is {now}; resuming "
                              "would continue on other rows. Train into a new output_dir instead")
+        if (folder / TRAIN_CONFIG_FILE).is_file():  # a different recipe (a profile left out, say) is worth a look
+            changed = config_changes(folder / TRAIN_CONFIG_FILE, self.cfg)
+            if changed:
+                logger.warning("resuming %s with %d config key(s) other than it was trained with: %s", folder,
+                               len(changed), "; ".join(changed))
         for key, now in (("total_steps", self.total_steps), ("world_size", self.accelerator.num_processes)):
             if state.get(key) != now:
                 logger.warning("resuming %s: it had %s=%s, this run has %s; the continuation will differ",

@@ -141,6 +141,27 @@ def test_provenance_records_each_segment_and_warns_when_a_resume_changes_threads
     assert any(f"torch_threads: {threads} -> {threads + 1}" in m for m in warnings), warnings
 
 
+def test_resume_names_the_config_keys_that_changed(tmp_path, tiny_lm_dir, shop, tables, caplog):
+    """Resuming with the same recipe is silent; with another value (a profile or an override left out, say) the
+    warning names each changed key with both values."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = tiny_config(tmp_path, tiny_lm_dir, "changed", "save_every=1", "eval.every=-1", "max_steps=3")
+    train(cfg, shop, tables, stop_after=1)
+    for overrides, expected in (((), None), (("optimizer.max_grad_norm=0.5",), "optimizer.max_grad_norm: 1.0 -> 0.5")):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        caplog.clear()
+        again = tiny_config(tmp_path, tiny_lm_dir, "changed", "save_every=1", "eval.every=-1", "max_steps=3", *overrides)
+        with caplog.at_level("WARNING", logger="llmrec.train.loop"):
+            train(again, shop, tables, resume="latest", stop_after=2 if expected is None else 3)
+        warnings = [r.getMessage() for r in caplog.records if "config key" in r.getMessage()]
+        if expected is None:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and "1 config key(s)" in warnings[0] and expected in warnings[0], warnings
+
+
 def test_resume_refuses_a_checkpoint_of_another_dataset_version(tmp_path, tiny_lm_dir, shop, tables):
     import dataclasses
 
