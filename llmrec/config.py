@@ -196,6 +196,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 ConfigPaths = str | Path | Sequence[str | Path] | None
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (``to_dict`` of a config, a YAML file) as ``{"a.b.c": leaf}``."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
 def config_files(path: ConfigPaths) -> list[Path]:
     """``path`` as a list of files: none, one, or several to layer in order."""
     if path is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.config import load_config
+from llmrec.config import flatten, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -102,12 +102,6 @@ def test_paths_named_inside_configs_exist(monkeypatch):
     assert not missing, f"configs name files that do not exist: {missing}"
 
 
-def _flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): tree}
-
-
 # Each TMF Table 3 row / baseline differs from full TMF only in what makes it that row (and its output folder).
 ROW_CHANGES = {
     "ablations/text_only_shop.yaml": {"curriculum.fixed_task": "easy", "eval.task": "easy"},
@@ -139,8 +133,8 @@ def test_ablation_rows_change_only_their_own_keys(name, monkeypatch):
     from llmrec.config import to_dict
 
     dataset = "ml100k" if name.endswith("_ml100k.yaml") else "shop"
-    full = _flat(to_dict(_load_recipe(CONFIGS / f"ablations/tmf_full_{dataset}.yaml")))
-    row = _flat(to_dict(_load_recipe(CONFIGS / name)))
+    full = flatten(to_dict(_load_recipe(CONFIGS / f"ablations/tmf_full_{dataset}.yaml")))
+    row = flatten(to_dict(_load_recipe(CONFIGS / name)))
     changed = {k: v for k, v in row.items() if full[k] != v and k != "output_dir"}
     assert changed == ROW_CHANGES[name]
     assert row["output_dir"] != full["output_dir"]
@@ -158,9 +152,9 @@ def test_a_profile_over_a_row_keeps_the_row_and_sets_the_profile(name, profile, 
 
     from llmrec.config import to_dict
 
-    row = _flat(to_dict(_load_recipe(CONFIGS / name)))
-    layered = _flat(to_dict(_load_recipe_layers(CONFIGS / name, profile)))
-    named = _flat(yaml.safe_load(profile.read_text(encoding="utf-8")))
+    row = flatten(to_dict(_load_recipe(CONFIGS / name)))
+    layered = flatten(to_dict(_load_recipe_layers(CONFIGS / name, profile)))
+    named = flatten(yaml.safe_load(profile.read_text(encoding="utf-8")))
     assert named, f"{profile}: empty profile"
     assert {k: layered[k] for k in named} == named
     assert {k: v for k, v in layered.items() if k not in named} == {k: v for k, v in row.items() if k not in named}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from llmrec.config import ConfigError, ConfigPaths, load_config, read_yaml, to_dict
+from llmrec.config import ConfigError, ConfigPaths, flatten, load_config, read_yaml, to_dict
 from llmrec.data.types import DEFAULT_CANDIDATE_SET_SIZE
 from llmrec.tmf.model import ModelConfig
 from llmrec.tmf.prompts.render import PromptConfig
@@ -171,16 +171,9 @@ def load_train_config(path: ConfigPaths, overrides: list[str] | tuple[str, ...] 
     return load_config(TrainConfig, path, overrides)
 
 
-
-def _flat(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): tree}
-
-
 def config_changes(saved_file: str | Path, cfg: TrainConfig) -> list[str]:
     """``"key: before -> now"`` for every dotted key where ``cfg`` differs from the resolved config a checkpoint
     saved (``saved_file``, :data:`TRAIN_CONFIG_FILE`); keys only one side has count as changed."""
-    before, now = _flat(read_yaml(saved_file)), _flat(to_dict(cfg))
+    before, now = flatten(read_yaml(saved_file)), flatten(to_dict(cfg))
     return [f"{key}: {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
             for key in sorted(before.keys() | now.keys()) if before.get(key, "(absent)") != now.get(key, "(absent)")]
