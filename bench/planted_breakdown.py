@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from rule_rows import rule_rows  # bench/ is on sys.path
-from title_order import random_in_session_category, several_in_session_category
+from title_order import by_user_type, random_in_session_category, several_in_session_category
 
 from llmrec.data.candidates import load_candidates
 from llmrec.eval.rules import session_category
@@ -50,11 +50,6 @@ def subgroups(kinds: np.ndarray, several: np.ndarray) -> dict[str, np.ndarray]:
     return groups
 
 
-def breakdown(hits: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Mean HR@1 of each row within each user group."""
-    return {name: {group: float(h[mask].mean()) for group, mask in groups.items()} for name, h in hits.items()}
-
-
 def ablation_pairs(names: list[str]) -> list[tuple[str, str]]:
     """(full TMF, full TMF trained without X) for every such row present."""
     return [(FULL, name) for name in names if name.startswith("full TMF, trained without")] if FULL in names else []
@@ -72,7 +67,8 @@ def planted_breakdown(table: dict, dataset) -> dict:
         raise SystemExit("the dataset has no planted ground truth (only the synthetic shop has one)")
     kinds = np.asarray(kinds)
     session = session_category(dataset, dataset.samples[table["split"]], items)
-    groups = subgroups(kinds, several_in_session_category(session))
+    several = several_in_session_category(session)
+    groups = subgroups(kinds, several)
     hits = {name: (np.asarray(row["target_ranks"]) == 1).astype(float)
             for name, row in table["rows"].items() if "target_ranks" in row}
     skipped = [name for name, row in table["rows"].items() if "target_ranks" not in row]
@@ -85,7 +81,7 @@ def planted_breakdown(table: dict, dataset) -> dict:
     paired = [{"a": a, "b": b, "group": group, "comparison": paired_comparison(hits[a][mask], hits[b][mask], n_boot=N_BOOT)}
               for a, b in ablation_pairs(list(hits)) for group, mask in groups.items()]
     return {"n_users": len(items), "group_sizes": {g: int(m.sum()) for g, m in groups.items()},
-            "rows": breakdown(hits, groups), "paired": paired, "left_out": skipped}
+            "rows": {name: by_user_type(h, several, kinds) for name, h in hits.items()}, "paired": paired, "left_out": skipped}
 
 
 def markdown(results: dict) -> str:
