@@ -96,6 +96,9 @@ class BivRecConfig(ModelConfig):
     selection_noise: Literal["gumbel", "none"] = "gumbel"  # "none" = the "sh" ablation; training only
     hard_assignment: bool = True  # straight-through top-F (Eq. 10); false = the "ss" ablation
     interest_pooling: Literal["sum", "mean"] = "sum"  # Eq. 12 as printed (sum) or per-interest mean
+    # std of the truncated normal the interest tokens c_k are drawn from (§2.4.2 gives no scale; 0.02 as every other
+    # weight here). 1.0 puts them at the scale of the LayerNorm-ed tokens they are compared with (docs/bivrec.md lead 5)
+    interest_init_std: float = 0.02
     # leave out interests that received no token: a later clustering stage does not see the previous stage's empty
     # interests, and Eq. 19 (training and scoring) picks among the non-empty ones; false: the paper as printed
     skip_empty_interests: bool = False
@@ -126,6 +129,8 @@ class BivRecConfig(ModelConfig):
                               f"required, got {self.num_layers}, {self.num_heads}")
         if not self.interests or any(k < 1 for k in self.interests):
             raise ConfigError(f"interests must list positive interest counts, got {self.interests}")
+        if not self.interest_init_std > 0:
+            raise ConfigError(f"interest_init_std must be positive, got {self.interest_init_std}")
         if not 1 <= self.top_f <= min(self.interests):
             raise ConfigError(f"top_f must be in 1..{min(self.interests)} (the smallest of interests), got {self.top_f}")
         for key in ("sigma_init", "temperature", "beta_init"):
@@ -163,7 +168,7 @@ class InterestTower(nn.Module):
         noise = None if config.selection_noise == "none" else config.selection_noise
         self.stages = nn.ModuleList(
             ClusterAttention(d, k, config.top_f, config.temperature, noise, config.hard_assignment,
-                             config.interest_pooling)
+                             config.interest_pooling, config.interest_init_std)
             for k in config.interests)
         self.skip_empty, self.recency = config.skip_empty_interests, config.recency_interest
         n_final = config.interests[-1] + int(config.recency_interest)

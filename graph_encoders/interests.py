@@ -134,18 +134,22 @@ class ClusterAttention(nn.Module):
     ``noise`` ``"gumbel"`` (Eq. 9) or ``None`` (plain softmax, the paper's "sh" ablation) applies in
     training mode only; ``hard=False`` keeps the soft assignment (the "ss" ablation).
     ``pooling="sum"`` is Eq. 12 as printed; ``"mean"`` divides interest ``k``'s sum by the number of
-    tokens it received (GroupViT's normalisation). Input tokens pass a LayerNorm first.
+    tokens it received (GroupViT's normalisation). Input tokens pass a LayerNorm first. ``c_k`` is drawn
+    from a normal truncated at two ``init_std`` (§2.4.2: "initialized by truncated distribution", no scale).
     """
 
     def __init__(self, hidden_size: int, n_interests: int, top_f: int, temperature: float,
-                 noise: Literal["gumbel"] | None = "gumbel", hard: bool = True, pooling: Pooling = "sum") -> None:
+                 noise: Literal["gumbel"] | None = "gumbel", hard: bool = True, pooling: Pooling = "sum",
+                 init_std: float = 0.02) -> None:
         super().__init__()
         if not 1 <= top_f <= n_interests:
             raise ValueError(f"top_f must be in 1..{n_interests}, got {top_f}")
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
-        self.interests = nn.Parameter(nn.init.trunc_normal_(torch.empty(n_interests, hidden_size), std=0.02,
-                                                            a=-0.04, b=0.04))  # c_k
+        if init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {init_std}")
+        self.interests = nn.Parameter(nn.init.trunc_normal_(torch.empty(n_interests, hidden_size), std=init_std,
+                                                            a=-2 * init_std, b=2 * init_std))  # c_k
         self.norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.query = nn.Linear(hidden_size, hidden_size)  # W_q^c (Eq. 7)
         self.key = nn.Linear(hidden_size, hidden_size)  # W_k^c

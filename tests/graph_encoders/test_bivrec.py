@@ -64,6 +64,7 @@ def test_defaults_are_the_papers():
     ("top_f", 5, "top_f"),
     ("temperature", 0.0, "temperature"),
     ("num_heads", 3, "num_heads"),
+    ("interest_init_std", 0.0, "interest_init_std"),
 ])
 def test_bad_config_is_rejected(key, value, message):
     params = {key: value, **({"views": ["id"]} if key == "score_view" else {})}
@@ -156,6 +157,19 @@ def test_same_seed_same_weights(tiny_dataset):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     other = build(spec, seed=8).state_dict()
     assert any(not torch.equal(weights[0][k], other[k]) for k in other)
+
+
+def test_interest_init_std_scales_only_the_interest_tokens(tiny_dataset):
+    """``interest_init_std`` draws ``c_k`` at that scale (truncated at two stds) and leaves every other weight as
+    the default draws it, so a probe against the shipped 0.02 differs in ``c_k`` alone."""
+    spec = spec_of(tiny_dataset)
+    shipped, unit = build(spec).state_dict(), build(spec, interest_init_std=1.0).state_dict()
+    tokens = [k for k in shipped if k.endswith(".interests")]
+    assert len(tokens) == 2 * len(TINY["interests"])  # one per clustering stage, in each of the two views
+    for key in tokens:
+        assert 0.5 < unit[key].std() < 1.0 and unit[key].abs().max() <= 2.0  # truncated normal, std 1 before the cut
+        assert shipped[key].abs().max() <= 0.04 and torch.allclose(unit[key] * 0.02, shipped[key], atol=1e-7)
+    assert all(torch.equal(shipped[k], unit[k]) for k in shipped if k not in tokens)
 
 
 def test_noise_only_in_training(tiny_dataset):
