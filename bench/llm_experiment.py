@@ -193,6 +193,18 @@ def learning_curve(recipe: str) -> list[dict]:
     return read_curve(path)["validation"] if path.is_file() else []
 
 
+def training_time(metrics: Path, paused_factor: float = 20.0) -> dict:
+    """``train_minutes``, the raw sum of a run's step times, and ``paused_steps``: steps that took more than
+    ``paused_factor`` times the run's median step (a stopped process or a suspended machine inside the step), so a
+    report can say what the sum includes instead of silently keeping or dropping it."""
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    seconds = np.array([r["seconds"] for r in records])
+    median = float(np.median(seconds))
+    paused = [{"step": r["step"], "seconds": r["seconds"], "median_seconds": median}
+              for r in records if r["seconds"] > paused_factor * median]
+    return {"train_minutes": float(seconds.sum()) / 60, "paused_steps": paused}
+
+
 def plot(results: dict, curves: dict, out: Path) -> None:
     experiment = EXPERIMENTS[results["experiment"]]
     names = list(results["rows"])
@@ -244,7 +256,8 @@ def markdown(results: dict) -> str:
         cells = [f"{row['HR@1']:.3f}", f"[{low:.3f}, {high:.3f}]", f"{row['HR@3']:.3f}", f"{row['NDCG@3']:.3f}",
                  f"{gen['HitRate@1']:.3f}" if gen else "—", f"{gen['HitRate@1_valid']:.3f}" if gen else "—",
                  f"{gen['ValidRatio']:.3f}" if gen else "—", f"{con['HitRate@1']:.3f}" if con else "—",
-                 str(row.get("steps", "—")), f"{row['train_minutes']:.0f}" if "train_minutes" in row else "—"]
+                 str(row.get("steps", "—")),
+                 f"{row['train_minutes']:.0f}" + (" ‡" if row.get("paused_steps") else "") if "train_minutes" in row else "—"]
         mark = " †" if "carried_from" in row else ""
         lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
     carried = sorted({row["carried_from"] for row in results["rows"].values() if "carried_from" in row})
@@ -253,6 +266,15 @@ def markdown(results: dict) -> str:
         lines += ["", f"† scored by an earlier run of this benchmark on the same users and candidates, taken from "
                   f"{', '.join(carried)} (its checkpoint is gone)"
                   + (f"; without per-user ranks, so not in the paired comparisons: {', '.join(unpaired)}." if unpaired else ".")]
+    for name, row in results["rows"].items():
+        if row.get("paused_steps"):
+            steps = row["paused_steps"]
+            extra = sum(p["seconds"] - p["median_seconds"] for p in steps) / 60
+            lines += ["", f"‡ {name}: the sum of its step times includes "
+                      + ", ".join(f"step {p['step']} ({p['seconds']:.0f} s, {p['seconds'] / p['median_seconds']:.0f}x the "
+                                  f"run's median step of {p['median_seconds']:.0f} s)" for p in steps)
+                      + f": the process was stopped or the machine suspended inside it. At the median instead: "
+                        f"{row['train_minutes'] - extra:.0f} min."]
     if results["not_run"]:
         lines += ["", "Not trained yet (no finished run): " + "; ".join(results["not_run"]) + "."]
     if results["paired"]:
@@ -311,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         state = load_trainer_state(checkpoint)
         extra[name] = {"recipe": recipe, "checkpoint": str(checkpoint), "steps": state["step"],
                        "epochs": state["step"] / state["steps_per_epoch"],
-                       "train_minutes": sum(json.loads(line)["seconds"] for line in
-                                            (checkpoint.parents[1] / "metrics.jsonl").read_text().splitlines()) / 60,
+                       **training_time(checkpoint.parents[1] / "metrics.jsonl"),
                        "generate": evaluate_predictions(read_predictions(files["generate"])),
                        "constrained": evaluate_predictions(read_predictions(files["constrained"])),
                        "validation_curve": curve,
