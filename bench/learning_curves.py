@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+PAUSED_FACTOR = 20.0  # a step over this many times the run's median step had the process stopped inside it
+
 
 def read_curve(metrics: Path) -> dict:
-    """Steps, losses, seconds and the validation points of one run's ``metrics.jsonl``."""
+    """Steps, losses, seconds and the validation points of one run's ``metrics.jsonl``.
+
+    ``train_seconds`` is the raw sum of step times; ``paused_steps`` lists the steps over ``PAUSED_FACTOR`` times
+    the run's median step (a stopped process or a suspended machine inside the step), so a report can say what the
+    sum includes instead of silently keeping or dropping it."""
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics}: no metrics.jsonl (has the run started?)")
     records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -36,9 +42,12 @@ def read_curve(metrics: Path) -> dict:
             points.append({"step": record["step"], "train_seconds": wall, "HR@1": record["eval"]["HR@1"],
                            "mean_train_loss": float(np.mean(since))})
             since = []
+    median = float(np.median([r["seconds"] for r in records]))
+    paused = [{"step": r["step"], "seconds": r["seconds"], "median_seconds": median}
+              for r in records if r["seconds"] > PAUSED_FACTOR * median]
     return {"steps": [r["step"] for r in records], "loss": [r["loss"] for r in records],
             "seconds_per_step": float(np.mean([r["seconds"] for r in records])), "train_seconds": wall,
-            "validation": points}
+            "validation": points, "paused_steps": paused}
 
 
 def markdown(curves: dict[str, dict]) -> str:

@@ -193,16 +193,11 @@ def learning_curve(recipe: str) -> list[dict]:
     return read_curve(path)["validation"] if path.is_file() else []
 
 
-def training_time(metrics: Path, paused_factor: float = 20.0) -> dict:
-    """``train_minutes``, the raw sum of a run's step times, and ``paused_steps``: steps that took more than
-    ``paused_factor`` times the run's median step (a stopped process or a suspended machine inside the step), so a
-    report can say what the sum includes instead of silently keeping or dropping it."""
-    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    seconds = np.array([r["seconds"] for r in records])
-    median = float(np.median(seconds))
-    paused = [{"step": r["step"], "seconds": r["seconds"], "median_seconds": median}
-              for r in records if r["seconds"] > paused_factor * median]
-    return {"train_minutes": float(seconds.sum()) / 60, "paused_steps": paused}
+def training_time(metrics: Path) -> dict:
+    """A run's ``train_minutes`` (the raw sum of its step times), ``paused_steps`` and ``validation_curve``."""
+    curve = read_curve(metrics)
+    return {"train_minutes": curve["train_seconds"] / 60, "paused_steps": curve["paused_steps"],
+            "validation_curve": curve["validation"]}
 
 
 def plot(results: dict, curves: dict, out: Path) -> None:
@@ -329,14 +324,12 @@ def main(argv: list[str] | None = None) -> int:
             not_run.append(name)
             continue
         files = llm_predictions(name, recipe, checkpoint, out, args.generate_users)
-        curve = learning_curve(recipe)
         state = load_trainer_state(checkpoint)
         extra[name] = {"recipe": recipe, "checkpoint": str(checkpoint), "steps": state["step"],
                        "epochs": state["step"] / state["steps_per_epoch"],
                        **training_time(checkpoint.parents[1] / "metrics.jsonl"),
                        "generate": evaluate_predictions(read_predictions(files["generate"])),
                        "constrained": evaluate_predictions(read_predictions(files["constrained"])),
-                       "validation_curve": curve,
                        "provenance": state.get("provenance")}  # code, versions, threads per run segment
         scores[name] = files["rank"]
     for name, config in conventional.items():
