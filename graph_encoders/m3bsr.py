@@ -23,7 +23,9 @@ training samples ``t ~ U{1..T_m}`` and ``ε`` per position, ``h_t = sqrt(ᾱ_t) 
 keys / values the ID features of positions ``<= t``); ``L_m = mean ‖ε - ε̂‖²`` (*Choice*, Eq. 10 as
 printed compares noisy and denoised features and repeats its term). Downstream goes the one-step
 estimate ``ĥ_0`` in training and, in eval mode, the full reverse chain (Eq. 8, mean steps as printed)
-from ``h_{T}`` built with noise drawn from a generator seeded by ``(eval_noise_seed, user)``.
+from ``h_{T}`` built with noise drawn from a generator seeded by ``(eval_noise_seed, user)``;
+*Choice:* the eval scores are the mean logits of ``eval_samples`` such chains (start noise seeded
+``eval_noise_seed + k``), since one chain's ranking carries its start noise.
 *Choices* (options): ``eval_start: clean`` starts that chain from ``h^m`` itself (no noise added);
 ``modality_condition: own`` conditions each position on its own item's ID only.
 
@@ -109,6 +111,10 @@ class M3BSRConfig(ModelConfig):
     # "own" = the ID of the item at t only (§4.2.1 "ID features as conditions", read per item)
     modality_condition: Literal["history", "own"] = "history"
     eval_noise_seed: int = 0  # seeds the eval-mode start noise (per user)
+    # eval-mode scores are the mean logits of this many reverse chains, each from its own start noise (draw k is
+    # seeded by eval_noise_seed + k, so 1 is the single chain of sessions 10-24); ignored when no chain starts from
+    # noise (eval_start: clean, denoise: none). 4 since session 25: chosen on validation (docs/m3bsr.md)
+    eval_samples: int = 4
     lambda_contrast: float = 0.05  # λ_c (§5.4.3)
     lambda_modality: float = 0.02  # λ_m (§5.4.2)
     lambda_behavior: float = 0.02  # λ_b (§5.4.1)
@@ -137,6 +143,8 @@ class M3BSRConfig(ModelConfig):
             raise ConfigError("lambda_contrast, lambda_modality and lambda_behavior must be >= 0")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.eval_samples < 1:
+            raise ConfigError(f"eval_samples must be >= 1, got {self.eval_samples}")
 
 
 def masked_mean_square(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -219,15 +227,15 @@ class M3BSR(SequentialRecommender):
             features[m] = self.projections[m](getattr(self, f"{m}_features")[index])
         return features
 
-    def _eval_noise(self, users: torch.Tensor, length: int, like: torch.Tensor) -> torch.Tensor:
-        """``[chains, B, L, d]`` start noise of the reverse chains, seeded per ``(eval_noise_seed, user)``.
+    def _eval_noise(self, users: torch.Tensor, length: int, like: torch.Tensor, draw: int = 0) -> torch.Tensor:
+        """``[chains, B, L, d]`` start noise of the reverse chains, seeded per ``(eval_noise_seed + draw, user)``.
 
-        A row's noise depends on its user only (not on the batch it is scored in); columns are
-        right-aligned, so the newest position always gets the same draw.
+        A row's noise depends on its user and the draw only (not on the batch it is scored in); columns
+        are right-aligned, so the newest position always gets the same draw.
         """
         chains, d = len(self.modal) + len(self.modality_names), self.config.hidden_size
         # the CPU generator keeps 32 seed bits; the odd multiplier gives one user distinct seeds per eval_noise_seed
-        seeds = [(self.config.eval_noise_seed * 0x9E3779B1 + u) % 2**32 for u in users.tolist()]
+        seeds = [((self.config.eval_noise_seed + draw) * 0x9E3779B1 + u) % 2**32 for u in users.tolist()]
         draws = [torch.randn(chains, self.config.max_len, d, generator=torch.Generator().manual_seed(s)) for s in seeds]
         return torch.stack(draws, 1)[:, :, -length:].to(like)
 
@@ -263,15 +271,18 @@ class M3BSR(SequentialRecommender):
         start = x0 if self.config.eval_start == "clean" else schedule.q_sample(x0, schedule.steps, start_noise)
         return reverse_process(start, predict, schedule), x0.new_zeros(())  # Eq. 8
 
-    def views(self, batch: SeqBatch) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor],
-                                              dict[str, torch.Tensor]]:
-        """``({view: {m: features}}, {view: membership [B, L]}, {"modality": L_m, "behavior": L_b})``."""
+    def views(self, batch: SeqBatch, draw: int = 0) -> tuple[dict[str, dict[str, torch.Tensor]],
+                                                             dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``({view: {m: features}}, {view: membership [B, L]}, {"modality": L_m, "behavior": L_b})``.
+
+        ``draw`` picks the eval-mode start noise (see :meth:`_eval_noise`); training ignores it.
+        """
         valid = batch.valid
         member = {"click": self.click_table[batch.behaviors] & valid, "favor": self.favor_table[batch.behaviors] & valid}
         length = batch.items.shape[1]
         past = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
         noisy_start = not self.training and self.config.eval_start == "noise"
-        noise = self._eval_noise(batch.users, length, self.items.weight) if noisy_start else None
+        noise = self._eval_noise(batch.users, length, self.items.weight, draw) if noisy_start else None
         features = self._features(batch.items)
         zero = features["id"].new_zeros(())
         losses = {"modality": zero, "behavior": zero}
@@ -316,9 +327,10 @@ class M3BSR(SequentialRecommender):
             x = block(x, mask) * keep
         return encoder.final_norm(x)
 
-    def states(self, batch: SeqBatch) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
-        """``(y [B, L, d] (Eq. 22), expert outputs (h_common first), auxiliary losses)``."""
-        views, member, losses = self.views(batch)
+    def states(self, batch: SeqBatch, draw: int = 0) -> tuple[torch.Tensor, list[torch.Tensor],
+                                                               dict[str, torch.Tensor]]:
+        """``(y [B, L, d] (Eq. 22), expert outputs (h_common first), auxiliary losses)``; ``draw`` as in :meth:`views`."""
+        views, member, losses = self.views(batch, draw)
         valid = batch.valid
         joined = {v: torch.cat([views[v][m] for m in self.modality_names], dim=-1) for v in VIEWS}
         click, favor = (self.view_inputs[v](joined[v]) for v in VIEWS)  # Eq. 14-15
@@ -355,9 +367,22 @@ class M3BSR(SequentialRecommender):
             return F.linear(y, self.items.weight[1 : self.n_items + 1], self.output.bias)
         return self.output(y)
 
+    def eval_draws(self) -> int:
+        """How many reverse chains an eval-mode score averages: ``eval_samples`` when a chain starts from noise."""
+        noisy = not self.training and self.config.eval_start == "noise" and self.config.denoise != "none"
+        return self.config.eval_samples if noisy else 1
+
     def score_all(self, batch: SeqBatch) -> torch.Tensor:
-        """``W y + b`` (Eq. 23, before the softmax) at the newest position."""
-        return self._logits(self.user_representation(batch))
+        """``W y + b`` (Eq. 23, before the softmax) at the newest position.
+
+        In eval mode with noisy starts, the mean over ``eval_samples`` reverse chains (*Choice*: a Monte-Carlo
+        estimate of the expected score under the start noise; one chain's ranking carries that noise).
+        """
+        draws = self.eval_draws()
+        total = self._logits(self.states(batch)[0][:, -1])
+        for draw in range(1, draws):
+            total = total + self._logits(self.states(batch, draw)[0][:, -1])
+        return total / draws
 
     def score_candidates(self, batch: SeqBatch, candidates: torch.Tensor) -> torch.Tensor:
         return self.score_all(batch).gather(1, candidates)

@@ -67,6 +67,7 @@ def test_defaults_are_the_papers():
     ("temperature", 0.0, "temperature"),
     ("num_heads", 3, "num_heads"),
     ("eval_start", "dirty", "eval_start"),
+    ("eval_samples", 0, "eval_samples"),
     ("modality_condition", "future", "modality_condition"),
 ])
 def test_bad_config_is_rejected(key, value, message):
@@ -182,6 +183,23 @@ def test_eval_reverse_process_is_deterministic_and_per_user(tiny_dataset):
         assert not torch.allclose(model.encode(batch), model.encode(batch))
 
 
+def test_eval_samples_average_the_chains_of_consecutive_noise_seeds(tiny_dataset):
+    """``eval_samples: K`` scores are the mean logits of K single chains seeded ``eval_noise_seed + k``; one
+    sample is the single chain; with no noisy start (clean start, no diffusion) there is one chain to run."""
+    spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
+    with torch.no_grad():
+        singles = [build(spec, eval_samples=1, eval_noise_seed=3 + k).eval().score_all(batch) for k in range(3)]
+        averaged = build(spec, eval_samples=3, eval_noise_seed=3).eval()
+        torch.testing.assert_close(averaged.score_all(batch), torch.stack(singles).mean(0), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(singles[0], singles[1])  # the draws differ, so the mean is not one chain
+        for r in (0, 5):  # still per user, whatever batch the row is scored in
+            torch.testing.assert_close(averaged.score_all(row(batch, r)), averaged.score_all(batch)[r : r + 1],
+                                       rtol=1e-5, atol=1e-6)
+    assert averaged.eval_draws() == 3 and averaged.train().eval_draws() == 1
+    assert build(spec, eval_samples=3, eval_start="clean").eval().eval_draws() == 1
+    assert build(spec, eval_samples=3, denoise="none").eval().eval_draws() == 1
+
+
 def test_denoise_none_has_no_diffusion(tiny_dataset):
     spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
     model = build(spec, denoise="none")
@@ -228,13 +246,13 @@ def test_normalized_diffusion_keeps_the_features_the_raw_one_drowns(tiny_dataset
 
 def test_tied_output_scores_with_the_id_table(tiny_dataset):
     spec, batch = spec_of(tiny_dataset), eval_batch(tiny_dataset)
-    model = build(spec, tie_output=True).eval()
+    model = build(spec, tie_output=True, eval_samples=1).eval()  # one chain: score_all reads user_representation
     with torch.no_grad():
         y = model.user_representation(batch)
         expected = y @ model.items.weight[1:].T + model.output.bias
         torch.testing.assert_close(model.score_all(batch), expected)
         assert not torch.allclose(model.score_all(batch), model.output(y))  # W is not used
-        untied = build(spec, tie_output=False).eval()  # the literal reading: a separate W
+        untied = build(spec, tie_output=False, eval_samples=1).eval()  # the literal reading: a separate W
         torch.testing.assert_close(untied.score_all(batch), untied.output(untied.user_representation(batch)))
     model.train()
     train = train_batch(tiny_dataset)
