@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,9 @@ class DreamRecConfig(MBHTConfig):
     user_embedding: bool = True  # E_u of Eq. 7; false = the ablation without it
     modality_dropout: float | None = None  # dropout inside the modality branches (Eq. 12-15); None = dropout
     input_projection: bool = True  # ReLU(S W_proj + b_proj) of Eq. 22; false = S as is (MBHT's sum of embeddings)
+    # init of W_proj (the report gives none): "normal" = the project's truncated normal, std 0.02, which shrinks S
+    # ~6x at init, below E_b; "kaiming" = He normal for a ReLU layer (std sqrt(2/d)), so H keeps S's scale
+    projection_init: Literal["normal", "kaiming"] = "normal"
 
     def validate(self) -> None:
         super().validate()
@@ -79,6 +83,8 @@ class DreamRecConfig(MBHTConfig):
             raise ConfigError(f"behavior_loss_weight must be >= 0, got {self.behavior_loss_weight}")
         if self.modality_dropout is not None and not 0 <= self.modality_dropout < 1:
             raise ConfigError(f"modality_dropout must be in [0, 1) or null, got {self.modality_dropout}")
+        if self.projection_init not in ("normal", "kaiming"):
+            raise ConfigError(f"projection_init must be normal or kaiming, got {self.projection_init!r}")
         if self.behavior_loss_weight > 0 and self.cut_after_target:
             raise ConfigError("behavior_loss_weight > 0 needs cut_after_target: false (labels are the window's behaviors)")
 
@@ -121,6 +127,8 @@ class DreamRec(MBHT):
         for module in (self.users, self.modality_encoders, self.cross_attention, self.projection):
             if module is not None:
                 init_weights(module)
+        if self.projection is not None and config.projection_init == "kaiming":  # E[ReLU(S W)^2] = E[S^2] (He et al.)
+            nn.init.kaiming_normal_(self.projection.weight, nonlinearity="relu")
 
     # ---- DreamRec's input layer ------------------------------------------------------------
     def modality_vector(self, items: torch.Tensor) -> torch.Tensor:

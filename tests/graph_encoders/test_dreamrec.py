@@ -60,6 +60,7 @@ def test_defaults_extend_mbht():
     ("modality_heads", 3, "modality_heads"),
     ("behavior_loss_weight", -1.0, "behavior_loss_weight"),
     ("modality_dropout", 1.0, "modality_dropout"),
+    ("projection_init", "xavier", "projection_init"),
     ("use_behaviors", False, "use_behaviors"),
 ])
 def test_bad_config_is_rejected(key, value, message):
@@ -135,6 +136,25 @@ def test_input_projection_is_an_option(tiny_dataset):
     summed = emb.items(items) + positions[None] + plain.users(batch.users)[:, None] + plain.modality_vector(items)[:, None]
     torch.testing.assert_close(inputs, emb.norm(summed + emb.behaviors(behaviors)))
     assert torch.isfinite(plain.score_all(batch)).all()
+
+
+def test_projection_init_sets_the_scale_of_eq22(tiny_dataset):
+    """At init, ``ReLU(S W_proj + b)`` is ~20x smaller than ``S`` with the 0.02 normal init of W_proj (d = 16 here)
+    and keeps ``S``'s scale with the He init; the option touches W_proj alone."""
+    batch = eval_batch(tiny_dataset)
+    ratios = {}
+    for init in ("normal", "kaiming"):
+        model = build(tiny_dataset, projection_init=init).eval()
+        items, _ = model.window(*model.prediction_inputs(batch))
+        emb = model.embedding
+        positions = emb.positions(torch.arange(emb.max_len - items.shape[1], emb.max_len))
+        with torch.no_grad():
+            summed = emb.items(items) + positions[None] + model.users(batch.users)[:, None] + \
+                model.modality_vector(items)[:, None]
+            ratios[init] = (torch.relu(model.projection(summed)).square().mean() / summed.square().mean()).sqrt().item()
+    assert ratios["normal"] < 0.15 and 0.6 < ratios["kaiming"] < 1.6, ratios
+    normal, kaiming = build(tiny_dataset).state_dict(), build(tiny_dataset, projection_init="kaiming").state_dict()
+    assert [k for k in normal if not torch.equal(normal[k], kaiming[k])] == ["projection.weight"]
 
 
 def test_export_shapes(tiny_dataset):
