@@ -69,7 +69,7 @@ class DreamRecConfig(MBHTConfig):
     modality_dropout: float | None = None  # dropout inside the modality branches (Eq. 12-15); None = dropout
     input_projection: bool = True  # ReLU(S W_proj + b_proj) of Eq. 22; false = S as is (MBHT's sum of embeddings)
     # init of W_proj (the report gives none): "normal" = the project's truncated normal, std 0.02, which shrinks S
-    # ~6x at init, below E_b; "kaiming" = He normal for a ReLU layer (std sqrt(2/d)), so H keeps S's scale
+    # ~9x at d = 64 (0.02·sqrt(d)·sqrt(1/2)), below E_b; "kaiming" = He normal for ReLU (std sqrt(2/d)): H keeps S's scale
     projection_init: Literal["normal", "kaiming"] = "normal"
 
     def validate(self) -> None:
