@@ -158,17 +158,22 @@ class ClusterAttention(nn.Module):
         self.top_f, self.temperature, self.noise, self.hard, self.pooling = top_f, temperature, noise, hard, pooling
         self.scale = 1.0 / math.sqrt(hidden_size)
 
-    def assign(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Â, values)`` for tokens ``[..., N, d]``: ``Â`` ``[..., N, K]`` (Eq. 7-10), ``values = W_a W_v x``.
+    def _allocation(self, x: torch.Tensor) -> torch.Tensor:
+        """``Â`` ``[..., N, K]`` of the normalised tokens ``x`` (Eq. 7-10): token ``j``'s assignment over the ``K``
+        interests (straight-through top-``F`` when ``hard``); the noise is drawn in training mode only.
 
-        ``Â[..., j, :]`` is token ``j``'s assignment over the ``K`` interests (straight-through top-``F``
-        when ``hard``); the noise is drawn in training mode only.
+        ``A^c = (W_k x + b_k) · (W_q c_k + b_q) / sqrt(d)`` (Eq. 7) is computed as ``x · (q_k W_k) + b_k · q_k``
+        with ``q_k = W_q c_k + b_q``: the same numbers up to rounding, with a ``d x K`` product per token in place of
+        a ``d x d`` one (``K`` is 4-24 against ``d`` = 64).
         """
-        x = self.norm(tokens)
-        logits = self.key(x) @ self.query(self.interests).T * self.scale  # A^c (Eq. 7), [..., N, K]
+        queries = self.query(self.interests)  # [K, d]
+        logits = (x @ (queries @ self.key.weight).T + queries @ self.key.bias) * self.scale  # A^c (Eq. 7)
         soft = relaxed_selection(logits, self.temperature, self.noise if self.training else None)  # Eq. 9
-        allocation = straight_through_top_f(soft, self.top_f) if self.hard else soft  # Eq. 8, 10
-        return allocation, self.output(self.value(x))  # W_a, W_v are linear: composed before the sum
+        return straight_through_top_f(soft, self.top_f) if self.hard else soft  # Eq. 8, 10
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """``W_a W_v x`` (Eq. 12; both linear, no bias)."""
+        return self.output(self.value(x))
 
     def forward(self, tokens: torch.Tensor, visible: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,16 +183,25 @@ class ClusterAttention(nn.Module):
         ``tokens`` ``[B, N, d]`` with ``visible`` ``[B, P, N]`` bool gives ``V`` ``[B, P, K, d]``, the
         interests of each of ``P`` query positions from the tokens it may see.
         """
-        allocation, values = self.assign(tokens)
+        x = self.norm(tokens)
+        allocation = self._allocation(x)
+        n, k = allocation.shape[-2:]
+        pooled_vectors = k * (1 if visible is None else visible.shape[-2])
+        # W_a W_v is linear without bias, so it may act before or after the sum: on the N tokens or on the pooled
+        # vectors, whichever are fewer (stage 1 of BivRec: N' ~ 70 tokens against 50 x 24 pooled; stage 2: 24 against 4)
+        project_first = pooled_vectors >= n
+        values = self._project(x) if project_first else x
         if visible is None:
             pooled = allocation.transpose(-1, -2) @ values  # [..., K, d]
             counts = allocation.sum(-2)[..., None]  # [..., K, 1]
         else:
-            b, n, k = allocation.shape
+            b = allocation.shape[0]
             weighted = (allocation[..., None] * values[:, :, None]).reshape(b, n, -1)  # [B, N, K·d]
             seen = visible.to(values.dtype)
             pooled = (seen @ weighted).view(b, -1, k, values.shape[-1])  # [B, P, K, d]
             counts = (seen @ allocation)[..., None]  # [B, P, K, 1]
+        if not project_first:
+            pooled = self._project(pooled)
         if self.pooling == "mean":
             pooled = pooled / counts.clamp(min=1.0)
         return self.interests + pooled, allocation  # Eq. 12

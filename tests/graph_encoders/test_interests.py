@@ -130,6 +130,49 @@ def test_visible_positions_see_only_their_tokens():
         torch.testing.assert_close(per_position[:, p], alone, rtol=1e-5, atol=1e-6)
 
 
+def _printed_cluster_attention(layer: ClusterAttention, tokens: torch.Tensor, visible: torch.Tensor | None):
+    """Eq. 7-12 as printed, step by step (no noise: eval mode): ``W_k x · W_q c``, hard top-F, ``W_a W_v x`` per token."""
+    x = layer.norm(tokens)
+    logits = layer.key(x) @ layer.query(layer.interests).T / math.sqrt(x.shape[-1])
+    allocation = straight_through_top_f(torch.softmax(logits / layer.temperature, -1), layer.top_f)
+    values = layer.output(layer.value(x))
+    if visible is None:
+        pooled, counts = allocation.transpose(-1, -2) @ values, allocation.sum(-2)[..., None]
+    else:
+        weights = visible.to(x.dtype)[..., None] * allocation[:, None]  # [B, P, N, K]
+        pooled, counts = weights.transpose(-1, -2) @ values[:, None], weights.sum(-2)[..., None]
+    if layer.pooling == "mean":
+        pooled = pooled / counts.clamp(min=1.0)
+    return layer.interests + pooled
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+@pytest.mark.parametrize("n_interests, causal", [(3, False), (12, False), (3, True)])
+def test_reordered_products_match_the_printed_form(pooling, n_interests, causal):
+    """The folded key product and the projection moved to whichever side of the sum is smaller (3 interests
+    from 6 tokens: after; 12 interests, or 6 positions x 3: before) give Eq. 7-12's interests and gradients."""
+    torch.manual_seed(0)
+    layer = ClusterAttention(8, n_interests, top_f=1, temperature=1.0, pooling=pooling).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in (layer.query, layer.key):
+            module.bias.copy_(torch.randn(8, generator=g))  # nonzero biases: b_k · q_k is exercised
+    x, _ = _inputs()
+    visible = torch.ones(6, 6, dtype=torch.bool).tril()[None].expand(2, 6, 6) if causal else None
+    target = torch.randn((2, 6, n_interests, 8) if causal else (2, n_interests, 8), generator=g)
+    names, params = zip(*layer.named_parameters())
+
+    def grads(interests: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(names, torch.autograd.grad((interests * target).sum(), params)))
+
+    ours, printed = layer(x, visible)[0], _printed_cluster_attention(layer, x, visible)
+    torch.testing.assert_close(ours, printed, rtol=1e-5, atol=1e-6)
+    ours_grads, printed_grads = grads(ours), grads(printed)
+    for name in names:
+        torch.testing.assert_close(ours_grads[name], printed_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert ours_grads["query.weight"].abs().sum() > 0  # W_q is reached through the straight-through path
+
+
 def test_noise_only_in_training():
     torch.manual_seed(0)
     layer = ClusterAttention(8, 4, top_f=1, temperature=1.0)
