@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
@@ -64,6 +65,8 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
     from llmrec.config import load_config
 
     torch.set_num_threads(threads)
+    # one log line per epoch (loss, validation metric) on stderr, which the parent passes through: progress
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {model} %(message)s", datefmt="%H:%M:%S")
     config_path = ROOT / "configs" / "graph" / f"{model}_ml100k.yaml"
     cfg = load_config(FitGraphConfig, config_path, [
         "model.hidden_size=64", "model.max_len=50", f"train.num_threads={threads}", f"train.epochs={epochs}",
@@ -222,10 +225,10 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--one", model, "--threads", str(args.threads), "--epochs", str(args.epochs),
                "--out", str(args.out), *args.overrides]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
+        # stdout carries the record; stderr (the child's per-epoch log and any error) shows as it comes
+        proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RECORD ")]
         if proc.returncode != 0 or not lines:
-            sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"bench/seqrec.py: {model} failed (exit {proc.returncode})")
         record = json.loads(lines[-1].removeprefix("BENCH_RECORD "))
         record["process_seconds"] = time.perf_counter() - started
