@@ -36,7 +36,7 @@ SPLITS = ("valid", "test")
 @torch.no_grad()
 def score_model(model, batcher: SequenceBatcher, eval_config, samples: list[int]) -> tuple[dict, dict]:
     """``({K: {split: metrics}}, {K: seconds})``: ``model`` evaluated with ``eval_samples`` = each K in turn."""
-    if model.config.eval_start != "noise" or model.config.denoise == "none":
+    if not model.config.noisy_start:
         raise SystemExit(f"no chain starts from noise (eval_start {model.config.eval_start}, denoise "
                          f"{model.config.denoise}); eval_samples changes nothing there")
     trained = model.config

@@ -120,6 +120,11 @@ class M3BSRConfig(ModelConfig):
     lambda_behavior: float = 0.02  # λ_b (§5.4.1)
     temperature: float = 0.3  # τ of Eq. 20 (§5.4.3)
 
+    @property
+    def noisy_start(self) -> bool:
+        """Whether an eval-mode reverse chain starts from noise (so ``eval_samples`` chains can differ)."""
+        return self.eval_start == "noise" and self.denoise != "none"
+
     def validate(self) -> None:
         super().validate()
         if self.use_behaviors:
@@ -369,8 +374,7 @@ class M3BSR(SequentialRecommender):
 
     def eval_draws(self) -> int:
         """How many reverse chains an eval-mode score averages: ``eval_samples`` when a chain starts from noise."""
-        noisy = not self.training and self.config.eval_start == "noise" and self.config.denoise != "none"
-        return self.config.eval_samples if noisy else 1
+        return self.config.eval_samples if not self.training and self.config.noisy_start else 1
 
     def score_all(self, batch: SeqBatch) -> torch.Tensor:
         """``W y + b`` (Eq. 23, before the softmax) at the newest position.
