@@ -106,8 +106,9 @@ def main() -> int:
 
     records = []
     for i, checkout in enumerate(checkouts):
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], check=False,
-                                capture_output=True, text=True).stdout.strip()
+        # "-dirty" marks a checkout timed with uncommitted changes: its commit alone does not name the code
+        commit = subprocess.run(["git", "-C", str(checkout), "describe", "--always", "--dirty", "--abbrev=7"],
+                                check=False, capture_output=True, text=True).stdout.strip()
         records.append({
             "checkout": str(checkout), "commit": commit,
             "median_step_seconds": statistics.median(r[i] for r in rounds),

@@ -26,10 +26,15 @@ def test_rounds_time_each_checkout_and_pair_the_ratios(llmrec_data_dir, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "step_time.json").read_text())
     first, second = summary["records"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=7", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], check=True,
+                                capture_output=True, text=True).stdout.strip())  # a dirty checkout is labelled so
     assert first["ratio_to_first"] == 1.0
     for record in (first, second):
         assert len(record["per_round"]) == 2 and all(s > 0 for s in record["per_round"])
         assert record["checkout"] == str(ROOT)
+        assert record["commit"].startswith(head) and record["commit"].endswith("-dirty") == dirty
     ratios = sorted(b / a for a, b in zip(first["per_round"], second["per_round"]))
     assert second["ratio_to_first"] == sum(ratios) / 2  # the median of two paired rounds
     assert "| median s/step |" in (out / "step_time.md").read_text()
