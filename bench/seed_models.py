@@ -22,7 +22,9 @@ frozen uniform candidates, HitRate@1 as TMF reports it):
   and the fit-graph process's peak RSS;
 * per pair (each model against each baseline, ``--baselines``): the difference of the seed-mean
   per-user metric, its 95% paired-bootstrap interval and sign-flip p-value (same users, same candidates);
-* DreamRec's Table 2 row beside ours where the report has one.
+* DreamRec's Table 2 row beside ours where the report has one;
+* the validation values (pop100 HR@10 / NDCG@10, uni10 HR@1 at the best epoch, seed means): the numbers a
+  configuration is chosen on.
 
 Writes ``<out>/seed_models.json``, ``seed_models.md`` and ``seed_models.png`` (HR@10 / NDCG@10 per model,
 seed means with their per-seed points).
@@ -50,6 +52,8 @@ from llmrec.metrics import paired_comparison
 # protocol -> the metrics reported for it (uni10 is TMF's protocol: HitRate@1 over 10 frozen candidates)
 PROTOCOL_METRICS = {"pop100": ("HR@10", "NDCG@10"), "toppop100": ("HR@10", "NDCG@10"), "uni10": ("HR@1", "NDCG@5")}
 PROTOCOLS = tuple(PROTOCOL_METRICS)
+# validation metrics shown beside the test tables: a configuration is chosen on these, never on test
+VALIDATION_METRICS = ("pop100/HR@10", "pop100/NDCG@10", "uni10/HR@1")
 # DreamRec report (../shared/papers/dreamrec.txt), Table 2, ML-100k, 100 popularity negatives.
 PUBLISHED = {
     "dreamrec": {"HR@10": 0.6210, "NDCG@10": 0.3532},
@@ -97,6 +101,7 @@ def fit(label: str, seed: int, args: argparse.Namespace, overrides: list[str]) -
         # children's peak RSS so far: an upper bound for this run when runs go in rising order
         record["children_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     metrics = json.loads(metrics_path.read_text())
+    record["valid"] = {key: metrics["valid"][key] for key in VALIDATION_METRICS if key in metrics.get("valid", {})}
     with np.load(run_dir / "target_ranks-test.npz") as ranks:
         record["ranks"] = {name: ranks[name] for name in ranks.files if name in PROTOCOLS}
     record.update({
@@ -136,6 +141,9 @@ def summarize(records: list[dict], models: list[str], baselines: list[str]) -> d
                 user_means[(model, protocol, metric)] = np.mean(values, axis=0)
                 entry[f"{protocol}/{metric}"] = {"per_seed": [float(v.mean()) for v in values],
                                                  "mean": float(np.mean([v.mean() for v in values]))}
+        entry["valid"] = {key: {"per_seed": [r["valid"][key] for r in runs],
+                                "mean": float(np.mean([r["valid"][key] for r in runs]))}
+                          for key in VALIDATION_METRICS if all(key in r.get("valid", {}) for r in runs)}
         table["models"][model] = entry
     compared: set[frozenset[str]] = set()
     for model in models:
@@ -160,8 +168,8 @@ def markdown(table: dict, machine: str, command: str) -> str:
             continue
         published = table.get("dataset", "ml100k") == "ml100k" and protocol == "pop100"
         lines += [f"**{protocol}** (test split, seed means; per seed in brackets)", "",
-                  f"| model | seeds | {names[0]} | {names[1]} | {'published HR@10 / NDCG@10 | ' if published else ''}"
-                  "train s (per seed) | peak RSS MiB | best epoch |",
+                  (f"| model | seeds | {names[0]} | {names[1]} | {'published HR@10 / NDCG@10 | ' if published else ''}"
+                  "train s (per seed) | peak RSS MiB | best epoch |"),
                   "|---|---|---|---|" + ("---|" if published else "") + "---|---|---|"]
         for model, e in table["models"].items():
             if f"{protocol}/{names[0]}" not in e:
@@ -177,6 +185,17 @@ def markdown(table: dict, machine: str, command: str) -> str:
             lines.append(f"| {model} | {', '.join(map(str, e['seeds']))} | {' | '.join(cells)} | "
                          f"{', '.join(f'{s:.0f}' for s in e['train_seconds'])} | {rss} | "
                          f"{', '.join(map(str, e['best_epoch']))} |")
+        lines.append("")
+    shown = [key for key in VALIDATION_METRICS if any(key in e.get("valid", {}) for e in table["models"].values())]
+    if shown:
+        lines += [("**Validation** (the split configurations are chosen on and training stops on; the best epoch's "
+                  "values, seed means; per seed in brackets)"), "",
+                  f"| model | seeds | {' | '.join(shown)} |", "|---|---|" + "---|" * len(shown)]
+        for model, e in table["models"].items():
+            valid = e.get("valid", {})
+            cells = [f"{valid[key]['mean']:.4f} ({', '.join(f'{v:.4f}' for v in valid[key]['per_seed'])})"
+                     if key in valid else "–" for key in shown]
+            lines.append(f"| {model} | {', '.join(map(str, e['seeds']))} | {' | '.join(cells)} |")
         lines.append("")
     lines += [("**Paired differences** (model − baseline, seed-mean per-user metric, same test users and candidates; "
                "95% paired bootstrap, sign-flip p)"), "",
