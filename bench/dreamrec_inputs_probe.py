@@ -14,7 +14,8 @@ retraining):
 * the user embedding ``E_u`` (Eq. 7) replaced by the mean user embedding, or by zero.
 
 If a score barely moves, the trained model does not use that input at test time. Also reports the mean
-norms of the user embeddings, item embeddings and pooled vectors. Writes ``<out>/<run name>.json`` / ``.md``.
+norms of the user embeddings, item embeddings and pooled vectors, and how Eq. 22's ReLU fires (units that
+never fire, the share of zero outputs) on the split's histories. Writes ``<out>/<run name>.json`` / ``.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def probe(run_dir: Path, split: str) -> dict:
         return {k: v for k, v in metrics.items() if k in SHOWN}
 
     rows = {"as trained": score()}
+    projection = projection_units(model, batcher, split) if model.projection is not None else None
     norms = {"item embedding": model.item_embeddings().norm(dim=-1).mean().item()}
     if model.cross_attention is not None:
         pooled = model.modality_vector
@@ -87,7 +89,27 @@ def probe(run_dir: Path, split: str) -> dict:
         users.data.zero_()
         rows["user embedding -> zero"] = score()
         users.data.copy_(trained_users)
-    return {"run": str(run_dir), "split": split, "modalities": list(model.branches), "rows": rows, "mean_norms": norms}
+    return {"run": str(run_dir), "split": split, "modalities": list(model.branches), "rows": rows, "mean_norms": norms,
+            "projection_units": projection}
+
+
+def projection_units(model, batcher: SequenceBatcher, split: str) -> dict:
+    """How Eq. 22's ``ReLU(S W_proj + b_proj)`` fires on the split's histories (real positions: history and dream token)."""
+    history = batcher.history_batch(*batcher.evaluation_rows(split))
+    items, behaviors = model.window(*model.prediction_inputs(history))
+    captured = {}
+    hook = model.projection.register_forward_hook(lambda module, inputs, output: captured.update(pre=output))
+    try:
+        model.dream_inputs(items, behaviors, history.users)
+    finally:
+        hook.remove()
+    real = items > 0
+    fired = captured["pre"][real] > 0  # [positions, d]
+    share = fired.float().mean(0)  # per unit: the share of positions where it is non-zero
+    return {"positions": int(real.sum()), "units": int(fired.shape[1]), "never_firing": int((share == 0).sum()),
+            "firing_under_1pct": int((share < 0.01).sum()), "zero_output_share": 1 - fired.float().mean().item(),
+            "mean_norm_projected": torch.relu(captured["pre"][real]).norm(dim=-1).mean().item(),
+            "mean_norm_behavior": model.embedding.behaviors(behaviors)[real].norm(dim=-1).mean().item()}
 
 
 def markdown(report: dict) -> str:
@@ -96,6 +118,13 @@ def markdown(report: dict) -> str:
              "| evaluation | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     lines += [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in shown) + " |" for name, m in report["rows"].items()]
     lines += ["", "Mean norms: " + ", ".join(f"{k} {v:.2f}" for k, v in report["mean_norms"].items())]
+    units = report["projection_units"]
+    if units:
+        lines += ["", (f"Eq. 22 ReLU over {units['positions']} positions (history and dream token): {units['never_firing']} of "
+                  f"{units['units']} units never fire, {units['firing_under_1pct']} fire at under 1 % of positions; "
+                  f"{units['zero_output_share']:.3f} of all outputs are zero; mean norm of ReLU(S W + b) "
+                  f"{units['mean_norm_projected']:.2f} against the behavior embedding added after it "
+                  f"{units['mean_norm_behavior']:.2f}")]
     return "\n".join(lines) + "\n"
 
 
