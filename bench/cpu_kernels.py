@@ -34,11 +34,11 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmrec.devices import describe_machine
+from llmrec.devices import KERNEL_VARIABLES, describe_machine
 
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+assert set(AVX2_ONLY) == set(KERNEL_VARIABLES)
 SETTINGS = {"native": {}, "aten_avx2": {"ATEN_CPU_CAPABILITY": "avx2"}, "avx2": AVX2_ONLY}
-KERNEL_VARIABLES = sorted(AVX2_ONLY)
 
 
 def setting_env(base: dict[str, str], setting: dict[str, str]) -> dict[str, str]:

@@ -42,6 +42,7 @@ from graph_encoders.trainer import CHECKPOINT_DIR, TrainConfig, Trainer, seed_ev
 from llmrec.cli_common import EXIT_BAD_INPUT, add_config_arguments, fail, load_or_exit, setup_logging
 from llmrec.config import ConfigError, load_config, save_config, to_dict
 from llmrec.data import load_data_config, prepare
+from llmrec.devices import kernel_settings
 from llmrec.encoders import encode_items, load_encode_config
 from llmrec.io import atomic_write, write_json, write_jsonl
 from llmrec.metrics import target_ranks
@@ -144,6 +145,7 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "platform": platform.platform(),
+        **kernel_settings(),  # the same seed gives other numbers under other kernels (docs/graph_encoders.md)
         "history": state.history,
         "config": to_dict(config),
     }

@@ -41,6 +41,17 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision, device)]
 
 
+# environment variables that limit the instruction set of torch's, oneDNN's and MKL's kernels: they change the
+# floats a run computes (an AVX512 machine with all three at AVX2 repeats an AVX2 machine's run; docs/RESULTS.md)
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def kernel_settings() -> dict[str, Any]:
+    """torch's CPU capability in use and the kernel-limiting variables that are set (what a run's floats depend on)."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_variables": {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}}
+
+
 def machine_description() -> dict[str, Any]:
     """What a timing was measured on: CPU model, torch's CPU capability, bf16 support, cores, GPU if any."""
     model = platform.processor() or platform.machine()

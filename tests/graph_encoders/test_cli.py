@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from graph_encoders.batching import SequenceBatcher
@@ -53,6 +54,8 @@ def test_fit_graph_command_writes_metrics_and_tables(tmp_path, model, capsys, ti
     assert metrics["epochs_trained"] == 2 and len(metrics["history"]) == 2 and metrics["seed"] == 42
     assert metrics["config"]["model"]["hidden_size"] == 16 and metrics["wall_seconds"] > 0
     assert 100 < metrics["peak_rss_mib"] < 64 * 1024  # the process holds torch: more than 100 MiB, less than the RAM
+    assert metrics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # the kernels the floats came from
+    assert isinstance(metrics["kernel_variables"], dict)
     table = load_table(out / "embeddings.safetensors")
     assert table.item.shape == (30, 16) and table.behavior.shape == (3, 16)
     assert table.metadata["model"] == model and len(table.metadata["item_ids"]) == 30
