@@ -32,8 +32,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from graph_encoders.base import (MODALITY_KINDS, DatasetSpec, SequentialRecommender, build_model, get_model_class,
-                                 model_config)
+from graph_encoders.base import (
+    MODALITY_KINDS,
+    DatasetSpec,
+    SequentialRecommender,
+    build_model,
+    get_model_class,
+    model_config,
+)
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.evaluation import EvalConfig, SplitEvaluation, evaluate_split
 from graph_encoders.export import export_embeddings

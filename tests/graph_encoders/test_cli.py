@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
