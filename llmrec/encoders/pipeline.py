@@ -16,14 +16,16 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from llmrec.data.types import SequenceDataset
+from llmrec.devices import kernel_settings
 from llmrec.encoders.base import ItemEncoder
 from llmrec.encoders.config import EncodeConfig
 from llmrec.encoders.factory import build_encoders
@@ -33,7 +35,7 @@ from llmrec.tables import EmbeddingTable, load_table, save_table
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the table layout or key recipe changes
+CACHE_FORMAT = 2  # bump when the table layout or key recipe changes (2: the kernel settings joined the key)
 
 
 @dataclass
@@ -167,9 +169,12 @@ def _cached(modality: str, cfg: EncodeConfig, dataset: SequenceDataset, encoder:
             inputs: dict[str, Any], extra: dict[str, Any], compute) -> ModalityResult:
     start = time.perf_counter()
     input_fp = _hash(inputs)
+    # the floats depend on the CPU kernels (AVX2 / AVX512, kernel-limiting variables): a table encoded under other
+    # kernels is another table (docs/encoders.md "Cache"), so a run under ATEN_CPU_CAPABILITY=avx2 & co. re-encodes
+    kernels = kernel_settings()
     key = _hash({"format": CACHE_FORMAT, "modality": modality, "encoder": encoder.name,
                  "settings": encoder.describe(), "weights": encoder.weights_fingerprint(),
-                 "catalog": input_fp, **extra})
+                 "catalog": input_fp, "kernels": kernels, **extra})
     path = cache / f"{modality}-{_slug(encoder.name)}-{key[:16]}.safetensors"
     if path.is_file():
         table = load_table(path)
@@ -192,7 +197,7 @@ def _cached(modality: str, cfg: EncodeConfig, dataset: SequenceDataset, encoder:
         "dataset_fingerprint": dataset.fingerprint, "item_ids": list(dataset.item_ids),
         "behaviors": list(dataset.behaviors), "encoder": encoder.describe(),
         "weights_fingerprint": encoder.weights_fingerprint(), "random_init": encoder.random_init,
-        "catalog_fingerprint": input_fp, "cache_key": key, "dim": dim, "counts": counts,
+        "catalog_fingerprint": input_fp, "cache_key": key, "kernels": kernels, "dim": dim, "counts": counts,
         "encode_seconds": round(seconds, 3), "cache_format": CACHE_FORMAT, **extra,
     }
     table = EmbeddingTable(item=item, item_mask=mask, metadata=metadata)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from llmrec.config import from_dict
+from llmrec.devices import KERNEL_VARIABLES
 from llmrec.encoders import EncodeConfig, build_encoders, encode_items, run_encoding
 from llmrec.tables import load_table
 
@@ -126,3 +127,18 @@ def test_a_cache_folder_is_required(shop):
     shop.root = None
     with pytest.raises(ValueError, match="set cache_dir"):
         run_encoding(_config(), shop)
+
+
+def test_a_table_encoded_under_other_cpu_kernels_is_not_reused(shop, monkeypatch):
+    for name in KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cfg = _config()
+    native = run_encoding(cfg, shop).results["image"]
+    assert native.table.metadata["kernels"] == {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                                "kernel_variables": {}}
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")  # the key follows the variables (the kernels are MKL's)
+    limited = run_encoding(cfg, shop).results["image"]
+    assert not limited.cache_hit and limited.path != native.path and native.path.is_file()
+    assert limited.table.metadata["kernels"]["kernel_variables"] == {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
+    assert run_encoding(cfg, shop).results["image"].cache_hit  # back to the native table
