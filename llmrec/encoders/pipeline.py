@@ -170,7 +170,7 @@ def _cached(modality: str, cfg: EncodeConfig, dataset: SequenceDataset, encoder:
     start = time.perf_counter()
     input_fp = _hash(inputs)
     # the floats depend on the CPU kernels (AVX2 / AVX512, kernel-limiting variables): a table encoded under other
-    # kernels is another table (docs/encoders.md "Cache"), so a run under ATEN_CPU_CAPABILITY=avx2 & co. re-encodes
+    # kernels is another table (docs/encoders.md "Tables and the cache"), so a run under ATEN_CPU_CAPABILITY=avx2 & co. re-encodes
     kernels = kernel_settings()
     key = _hash({"format": CACHE_FORMAT, "modality": modality, "encoder": encoder.name,
                  "settings": encoder.describe(), "weights": encoder.weights_fingerprint(),
