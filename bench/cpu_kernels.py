@@ -29,12 +29,12 @@ from itertools import combinations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmrec.devices import KERNEL_VARIABLES, describe_machine
+from llmrec.tables import load_table
 
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 assert set(AVX2_ONLY) == set(KERNEL_VARIABLES)
@@ -65,7 +65,7 @@ def encode(config: str, setting: str, tables: Path) -> torch.Tensor:
     tables = sorted(cache.glob("*.safetensors"))
     if len(tables) != 1:
         raise SystemExit(f"{cache}: expected one table, found {[t.name for t in tables]}")
-    return load_file(str(tables[0]))["item"]
+    return load_table(tables[0]).item
 
 
 def main(argv: list[str] | None = None) -> int:
