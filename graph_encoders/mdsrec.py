@@ -32,7 +32,12 @@ Interest-centralised attention:
   ``E_u^{m,l-1}`` (after the block's pre-attention LayerNorm, which is what the layer's
   attention sees). *Choice:* every training position ``t`` trains at once (the project's
   windows), so the centres are computed **per position** and attend only to positions
-  ``<= t``; a centre never sees a later item.
+  ``<= t``; a centre never sees a later item. ``center_positions = S`` computes them (and
+  Eq. 18-19, ``L^m``) at ``S`` loss positions per window drawn uniformly without replacement
+  each step (training only; ``L^s`` keeps every position; scoring always uses the newest
+  position): ``L^m`` becomes a sampled estimate of the same mean, and the centres cost
+  ``S / L`` of every-position training. The paper trains one target per sequence, so
+  ``S = 1`` is closest to it; ``null`` = every position.
 * Eq. 15  ``Ê_c^{m,l} = σ((g^l W_1 + b_1) W_2 + b_2)``, as printed (two linear maps, then σ);
   *Choice:* σ = GELU (``center_activation``; the paper does not name σ).
 * Eq. 16  ``E_c^m = Ê_c^{m,L}``.
@@ -102,6 +107,7 @@ class MDSRecConfig(ModelConfig):
     center_activation: Literal["gelu", "relu", "sigmoid", "tanh"] = "gelu"  # σ of Eq. 15
     selection_noise: Literal["logistic", "gumbel", "none"] = "logistic"  # Eq. 19 noise (training only)
     temperature: float = 1.0  # τ, Eq. 19
+    center_positions: int | None = None  # S loss positions per window with centres (training); None = every one
 
     def validate(self) -> None:
         super().validate()
@@ -121,6 +127,8 @@ class MDSRecConfig(ModelConfig):
                               f"{self.top_h}, {self.n_centers}, {self.kmeans_iterations}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.center_positions is not None and self.center_positions < 1:
+            raise ConfigError(f"center_positions must be >= 1 or null (every position), got {self.center_positions}")
 
 
 class CenterUpdate(nn.Module):
@@ -306,28 +314,39 @@ class MDSRec(SequentialRecommender):
         return self.dropout(F.embedding(items, padded) + self.positions(positions)[None])  # Eq. 7 / 9
 
     def _modal_channel(self, modality: str, x: torch.Tensor, valid: torch.Tensor, centers: torch.Tensor,
-                       newest_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       newest_only: bool, positions: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 9 with Eq. 12-16 alongside: ``(E_u^m [B, L, d], E_c^m [B, P, k, d])``, centres per position.
 
-        ``P = L`` (every position, training) or ``P = 1`` (the newest position only: scoring needs no more).
+        ``P = L`` (every position, training), ``P = 1`` (the newest position only: scoring needs no
+        more) or ``P = S`` (``positions`` ``[B, S]``: the sampled training positions).
         """
         encoder = self.modal_encoders[modality]
         mask = attention_mask(valid, causal=True)  # [B, 1, L, L]
         keep = valid[..., None].to(x.dtype)
-        center_mask = (mask[:, 0, -1:] if newest_only else mask[:, 0])  # [B, P, L]: centres at t see keys <= t
+        if newest_only:
+            center_mask = mask[:, 0, -1:]  # [B, P, L]: centres at t see keys <= t
+        elif positions is not None:
+            center_mask = mask[:, 0].gather(1, positions[..., None].expand(-1, -1, mask.shape[-1]))
+        else:
+            center_mask = mask[:, 0]
+        every_position = not newest_only and positions is None  # the first layer's running sums need P = L
         x = x * keep
         for block, update in zip(encoder.blocks, self.center_updates[modality]):
             if self.config.centralized_attention:
                 keys = block.norm_attention(x)  # E_u^{m,l-1} as layer l's attention sees it (pre-norm)
-                centers = update(block.attention, centers, keys, center_mask, None if newest_only else valid)  # Eq. 12-15
+                centers = update(block.attention, centers, keys, center_mask, valid if every_position else None)  # Eq. 12-15
             x = block(x, mask) * keep
         if centers.dim() == 2:  # w/o ICA: the centres are not used
             centers = centers.expand(x.shape[0], center_mask.shape[1], *centers.shape)
         return encoder.final_norm(x), centers  # Eq. 9, Eq. 16
 
-    def channels(self, batch: SeqBatch, newest_only: bool = False
+    def channels(self, batch: SeqBatch, newest_only: bool = False, positions: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(e^s (Eq. 17), {m: ẽ^m} (Eq. 18), item tables)``, each ``[B, L, d]`` (``[B, 1, d]``: newest only)."""
+        """``(e^s (Eq. 17), {m: ẽ^m} (Eq. 18), item tables)``, each ``[B, L, d]`` (``[B, 1, d]``: newest only).
+
+        With ``positions`` ``[B, S]`` the ``ẽ^m`` are ``[B, S, d]``, at those positions only.
+        """
         tables = self.item_tables()
         valid = batch.valid
         fused = self.id_encoder(self._embed(tables["id_input"], batch.items), valid, causal=True)  # Eq. 7-8
@@ -338,11 +357,13 @@ class MDSRec(SequentialRecommender):
             sequence, centers = self._modal_channel(
                 m, self._embed(tables[m], batch.items), valid,
                 getattr(self, f"cluster_means_{m}") @ tables[m],  # Eq. 11
-                newest_only,
+                newest_only, positions,
             )
             if newest_only:
                 sequence = sequence[:, -1:]
             fused = fused + self.rho[m] * sequence  # Eq. 17
+            if positions is not None:
+                sequence = sequence.gather(1, positions[..., None].expand(-1, -1, sequence.shape[-1]))
             if self.config.centralized_attention:
                 logits = torch.einsum("bld,blkd->blk", sequence, centers)
                 noise = None if not self.training or self.config.selection_noise == "none" else self.config.selection_noise
@@ -383,9 +404,25 @@ class MDSRec(SequentialRecommender):
         mask = batch.loss_mask & (batch.labels > 0)
         if not bool(mask.any()):
             raise ValueError("batch has no position to train on (loss_mask is empty)")
-        fused, centred, tables = self.channels(batch)
+        positions = chosen = None
+        if self.training and self.config.center_positions is not None:
+            positions, chosen = self.sample_center_positions(mask)
+        fused, centred, tables = self.channels(batch, positions=positions)
         targets = batch.labels[mask] - 1
         total = F.cross_entropy(fused[mask] @ tables["id"].T, targets)
+        if positions is not None:  # L^m at the sampled positions
+            mask, targets = chosen, batch.labels.gather(1, positions)[chosen] - 1
         for m, sequence in centred.items():
             total = total + self.rho[m] * F.cross_entropy(sequence[mask] @ tables[m].T, targets)
         return total
+
+    def sample_center_positions(self, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``center_positions`` loss positions per window, uniformly without replacement (global torch RNG).
+
+        Returns ``(positions [B, S], chosen [B, S])``: ``chosen`` is False where a window has fewer
+        than ``S`` loss positions (those slots point at other positions and carry no loss).
+        """
+        count = min(self.config.center_positions, loss_mask.shape[1])
+        draw = torch.rand(loss_mask.shape, device=loss_mask.device).masked_fill(~loss_mask, 2.0)
+        positions = draw.topk(count, dim=1, largest=False).indices
+        return positions, loss_mask.gather(1, positions)

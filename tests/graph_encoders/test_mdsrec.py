@@ -50,6 +50,7 @@ def test_defaults_are_the_papers():
     ("selection_noise", "uniform", "selection_noise"),
     ("temperature", 0.0, "temperature"),
     ("num_heads", 3, "not divisible"),
+    ("center_positions", 0, "center_positions"),
 ])
 def test_bad_config_is_rejected(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -195,3 +196,50 @@ def test_fit_on_the_tiny_dataset_beats_chance():
     dataset = make_tiny_dataset(n_users=40)
     model = build(spec_of(dataset), dropout=0.1)
     assert fit_and_full_hr5(model, dataset, TINY["max_len"], epochs=15) > 3 * 5 / dataset.n_items  # chance is 5/30
+
+
+# ---- centres at sampled positions (center_positions) ------------------------------------
+def test_sampled_positions_are_distinct_loss_positions():
+    model = build_model("mdsrec", {**TINY, "center_positions": 3}, spec_of(make_tiny_dataset()))
+    loss_mask = torch.tensor([[False, True, True, True, True, True, False, True],
+                              [False, False, False, False, False, False, True, True]])
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        positions, chosen = model.sample_center_positions(loss_mask)
+        assert positions.shape == chosen.shape == (2, 3)
+        assert len(set(positions[0].tolist())) == 3 and bool(chosen[0].all())
+        assert bool(loss_mask[0, positions[0]].all())
+        seen.update(positions[0].tolist())
+        # the second window has two loss positions: both chosen, the third slot carries no loss
+        assert sorted(positions[1][chosen[1]].tolist()) == [6, 7] and int(chosen[1].sum()) == 2
+    assert seen == {1, 2, 3, 4, 5, 7}  # every loss position gets drawn, no other
+
+
+def test_every_position_sampled_gives_the_full_loss(tiny_dataset):
+    """With S >= the window, the sampled path (masked attention) equals every-position training (running sums)."""
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    full = build(spec, seed=4, selection_noise="none").train()
+    sampled = build(spec, seed=4, selection_noise="none", center_positions=TINY["max_len"]).train()
+    expected, got = full.loss(batch), sampled.loss(batch)
+    assert torch.allclose(expected, got, atol=1e-5), (expected, got)
+    got.backward()
+    expected.backward()
+    for (name, a), b in zip(full.named_parameters(), sampled.parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_sampled_positions_train_and_leave_scoring_alone(tiny_dataset):
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    model = build(spec, seed=5, center_positions=2)
+    reference = build(spec, seed=5)
+    history = eval_batch(tiny_dataset)
+    model.eval(), reference.eval()
+    assert torch.equal(model.score_all(history), reference.score_all(history))  # same weights: same scores
+    model.train()  # the sampling is a training-mode path
+    torch.manual_seed(3)
+    losses = train_steps(model, batch, 40, lr=2e-2)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    centre_weights = model.center_updates["text"][1].first.weight
+    assert not torch.equal(centre_weights, reference.center_updates["text"][1].first.weight)  # L^m reached Eq. 15
