@@ -72,7 +72,14 @@ from torch import nn
 
 from graph_encoders.base import DatasetSpec, ModelConfig, SeqBatch, SequentialRecommender, register_model
 from graph_encoders.layers import MultiHeadAttention, TransformerEncoder, attention_mask, init_weights
-from graph_encoders.selection import cluster_mean_matrix, co_occurrence, kmeans, knn_graph, relaxed_selection, row_normalize
+from graph_encoders.selection import (
+    cluster_mean_matrix,
+    co_occurrence,
+    kmeans,
+    knn_graph,
+    relaxed_selection,
+    row_normalize,
+)
 from llmrec.config import ConfigError
 
 log = logging.getLogger(__name__)
