@@ -342,7 +342,8 @@ class MDSRec(SequentialRecommender):
         for block, update in zip(encoder.blocks, self.center_updates[modality]):
             if self.config.centralized_attention:
                 keys = block.norm_attention(x)  # E_u^{m,l-1} as layer l's attention sees it (pre-norm)
-                centers = update(block.attention, centers, keys, center_mask, valid if every_position else None)  # Eq. 12-15
+                running = valid if every_position else None
+                centers = update(block.attention, centers, keys, center_mask, running)  # Eq. 12-15
             x = block(x, mask) * keep
         if centers.dim() == 2:  # w/o ICA: the centres are not used
             centers = centers.expand(x.shape[0], center_mask.shape[1], *centers.shape)
