@@ -2,6 +2,7 @@
 
     LLMREC_DATA_DIR=/path/to/data python bench/seqrec.py [--models sasrec gru4rec bert4rec] [--threads 2]
         [--epochs 200] [--out bench/out] [key=value overrides applied to every model]
+        [model:key=value overrides applied to that model only, e.g. mdsrec:model.center_positions=10]
 
 Each model runs in its own subprocess (so peak memory is its own) with its
 ``configs/graph/<model>_ml100k.yaml`` at hidden size 64 and max length 50, ``--threads``
@@ -56,6 +57,25 @@ PUBLISHED = {
 REPORT_METRICS = ["HR@5", "HR@10", "HR@30", "NDCG@5", "NDCG@10", "NDCG@30", "MRR@5", "MRR@10", "MRR@30"]
 
 
+def overrides_for(model: str, overrides: list[str]) -> list[str]:
+    """The overrides that apply to ``model``: every plain ``key=value``, and ``<model>:key=value`` without
+    its prefix (another model's prefixed overrides are left out)."""
+    chosen = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if ":" not in key:
+            chosen.append(override)
+        elif key.split(":", 1)[0] == model:
+            chosen.append(override.split(":", 1)[1])
+    return chosen
+
+
+def model_label(record: dict) -> str:
+    """The table's name for a record: the model, with its own overrides when it had some."""
+    own = record.get("model_overrides") or []
+    return f"{record['model']} ({', '.join(own)})" if own else record["model"]
+
+
 def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[str]) -> dict:
     """Train and evaluate one model in this process; returns the benchmark record."""
     sys.path.insert(0, str(ROOT))
@@ -70,7 +90,8 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
     config_path = ROOT / "configs" / "graph" / f"{model}_ml100k.yaml"
     cfg = load_config(FitGraphConfig, config_path, [
         "model.hidden_size=64", "model.max_len=50", f"train.num_threads={threads}", f"train.epochs={epochs}",
-        "train.checkpoint=false", "train.resume=false", f"output_dir={out / 'runs' / model}", *overrides,
+        "train.checkpoint=false", "train.resume=false", f"output_dir={out / 'runs' / model}",
+        *overrides_for(model, overrides),
     ])
     cfg.data = str(ROOT / cfg.data) if not Path(cfg.data).is_absolute() else cfg.data
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -82,6 +103,7 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
     train_seconds = [h["train_seconds"] for h in m["history"]]
     return {
         "model": model,
+        "model_overrides": [o.split(":", 1)[1] for o in overrides if o.split("=", 1)[0].startswith(f"{model}:")],
         "threads": threads,
         "epochs_trained": m["epochs_trained"],
         "best_epoch": m["best_epoch"],
@@ -114,7 +136,8 @@ def markdown(records: list[dict], recbole_seconds: float, recbole_epochs: int) -
     for r in records:
         versus_mbht = f"{r['time_to_quality_seconds'] / mbht:.2f}x | " if mbht else ""
         lines.append(
-            f"| {r['model']} | {r['seconds_per_epoch']:.2f} | {r['epochs_to_quality']} | {r['time_to_quality_seconds']:.1f} | "
+            f"| {model_label(r)} | {r['seconds_per_epoch']:.2f} | {r['epochs_to_quality']} | "
+            f"{r['time_to_quality_seconds']:.1f} | "
             f"{r['time_to_quality_seconds'] / recbole_total:.3f}x | {versus_mbht}{r['eval_seconds']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {r['valid_hr@10']:.4f} | {r['test_hr@10']:.4f} | {r['test_ndcg@10']:.4f} |"
         )
@@ -206,7 +229,8 @@ def main() -> int:
     parser.add_argument("--candidate-seeds", nargs="+", type=int,
                         help="with --report: re-evaluate test pop100 on these candidate seeds (mean ± std)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one model, print its record
-    parser.add_argument("overrides", nargs="*", help="dotted fit-graph overrides applied to every model")
+    parser.add_argument("overrides", nargs="*", help="dotted fit-graph overrides applied to every model; "
+                        "<model>:key=value applies to that model only")
     args = parser.parse_args()
     if args.report:
         print(report(args.report, args.chart))
@@ -215,6 +239,9 @@ def main() -> int:
         return 0
     if not os.environ.get("LLMREC_DATA_DIR"):
         parser.error("set LLMREC_DATA_DIR to the folder holding ml-100k/")
+    unknown = {o.split(":", 1)[0] for o in args.overrides if ":" in o.split("=", 1)[0]} - set(args.models)
+    if unknown and not args.one:
+        parser.error(f"overrides name models not in --models: {sorted(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:
         print("BENCH_RECORD " + json.dumps(run_one(args.one, args.threads, args.epochs, args.out, args.overrides)))
