@@ -24,7 +24,9 @@ frozen uniform candidates, HitRate@1 as TMF reports it):
   per-user metric, its 95% paired-bootstrap interval and sign-flip p-value (same users, same candidates);
 * DreamRec's Table 2 row beside ours where the report has one;
 * the validation values (pop100 HR@10 / NDCG@10, uni10 HR@1 at the best epoch, seed means): the numbers a
-  configuration is chosen on.
+  configuration is chosen on; beside them each run's time to quality (``bench/seqrec.py``'s definition: training +
+  validation wall time until the first epoch whose validation pop100 HR@10 reaches the best epoch's), read from
+  the run's history: runs made side by side, so a ratio of two models is only fair between runs made alike.
 
 Writes ``<out>/seed_models.json``, ``seed_models.md`` and ``seed_models.png`` (HR@10 / NDCG@10 per model,
 seed means with their per-seed points).
@@ -46,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from graph_encoders.trainer import epoch_reaching
 from llmrec.devices import describe_machine
 from llmrec.metrics import paired_comparison
 
@@ -54,6 +57,7 @@ PROTOCOL_METRICS = {"pop100": ("HR@10", "NDCG@10"), "toppop100": ("HR@10", "NDCG
 PROTOCOLS = tuple(PROTOCOL_METRICS)
 # validation metrics shown beside the test tables: a configuration is chosen on these, never on test
 VALIDATION_METRICS = ("pop100/HR@10", "pop100/NDCG@10", "uni10/HR@1")
+QUALITY_METRIC = "pop100/HR@10"  # time to quality: the first epoch reaching the best epoch's value (bench/seqrec.py)
 # DreamRec report (../shared/papers/dreamrec.txt), Table 2, ML-100k, 100 popularity negatives.
 PUBLISHED = {
     "dreamrec": {"HR@10": 0.6210, "NDCG@10": 0.3532},
@@ -102,6 +106,9 @@ def fit(label: str, seed: int, args: argparse.Namespace, overrides: list[str]) -
         record["children_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     metrics = json.loads(metrics_path.read_text())
     record["valid"] = {key: metrics["valid"][key] for key in VALIDATION_METRICS if key in metrics.get("valid", {})}
+    if metrics.get("history") and QUALITY_METRIC in metrics.get("valid", {}):
+        reached = epoch_reaching(metrics["history"], QUALITY_METRIC, metrics["valid"][QUALITY_METRIC])
+        record["quality"] = {"epoch": reached["epoch"], "seconds": reached["elapsed_seconds"]}
     with np.load(run_dir / "target_ranks-test.npz") as ranks:
         record["ranks"] = {name: ranks[name] for name in ranks.files if name in PROTOCOLS}
     record.update({
@@ -144,6 +151,10 @@ def summarize(records: list[dict], models: list[str], baselines: list[str]) -> d
         entry["valid"] = {key: {"per_seed": [r["valid"][key] for r in runs],
                                 "mean": float(np.mean([r["valid"][key] for r in runs]))}
                           for key in VALIDATION_METRICS if all(key in r.get("valid", {}) for r in runs)}
+        if all("quality" in r for r in runs):
+            entry["time_to_quality"] = {"epochs": [r["quality"]["epoch"] for r in runs],
+                                        "seconds": [r["quality"]["seconds"] for r in runs],
+                                        "mean_seconds": float(np.mean([r["quality"]["seconds"] for r in runs]))}
         table["models"][model] = entry
     compared: set[frozenset[str]] = set()
     for model in models:
@@ -190,11 +201,16 @@ def markdown(table: dict, machine: str, command: str) -> str:
     if shown:
         lines += [("**Validation** (the split configurations are chosen on and training stops on; the best epoch's "
                   "values, seed means; per seed in brackets)"), "",
-                  f"| model | seeds | {' | '.join(shown)} |", "|---|---|" + "---|" * len(shown)]
+                  f"| model | seeds | {' | '.join(shown)} | epochs to quality | time to quality s (per seed) |",
+                  "|---|---|" + "---|" * len(shown) + "---|---|"]
         for model, e in table["models"].items():
             valid = e.get("valid", {})
             cells = [f"{valid[key]['mean']:.4f} ({', '.join(f'{v:.4f}' for v in valid[key]['per_seed'])})"
                      if key in valid else "–" for key in shown]
+            quality = e.get("time_to_quality")
+            cells += ([", ".join(map(str, quality["epochs"])),
+                       f"{quality['mean_seconds']:.0f} ({', '.join(f'{v:.0f}' for v in quality['seconds'])})"]
+                      if quality else ["–", "–"])
             lines.append(f"| {model} | {', '.join(map(str, e['seeds']))} | {' | '.join(cells)} |")
         lines.append("")
     lines += [("**Paired differences** (model − baseline, seed-mean per-user metric, same test users and candidates; "

@@ -82,6 +82,7 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
     import torch
 
     from graph_encoders.cli import FitGraphConfig, fit_graph
+    from graph_encoders.trainer import epoch_reaching
     from llmrec.config import load_config
 
     torch.set_num_threads(threads)
@@ -99,7 +100,7 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
     m = result.metrics
     evaluated = [h for h in m["history"] if "valid" in h]
     final = m["valid"][MONITOR]
-    reached = next((h for h in evaluated if h["valid"][MONITOR] >= final - 1e-12), evaluated[-1])
+    reached = epoch_reaching(m["history"], MONITOR, final)
     train_seconds = [h["train_seconds"] for h in m["history"]]
     return {
         "model": model,

@@ -87,6 +87,19 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def epoch_reaching(history: list[dict], metric: str, value: float) -> dict:
+    """The first validated epoch of ``history`` (``Trainer`` records) whose ``valid[metric]`` reaches ``value``.
+
+    With ``value`` the restored best epoch's, this is "time to final validation quality": the record's
+    ``epoch`` and ``elapsed_seconds`` (training + validation wall time up to it). Raises when no epoch
+    was validated; falls back to the last validated one when none reaches ``value``.
+    """
+    evaluated = [h for h in history if metric in h.get("valid", {})]
+    if not evaluated:
+        raise ValueError(f"no epoch of the history was validated on {metric!r}")
+    return next((h for h in evaluated if h["valid"][metric] >= value - 1e-12), evaluated[-1])
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and numpy's legacy global RNG."""
     torch.manual_seed(seed)

@@ -99,3 +99,14 @@ def test_exact_loss_regression_of_two_epochs(tiny_dataset, name, recorded):
     building, batching order, masking, initialisation, the loss or the optimizer step moves these numbers."""
     state = _trainer(tiny_dataset, name=name, epochs=2, patience=100, checkpoint=False).fit()
     assert [r["loss"] for r in state.history] == pytest.approx(recorded, abs=1e-4)
+
+
+def test_epoch_reaching_finds_the_first_epoch_at_the_final_value():
+    from graph_encoders.trainer import epoch_reaching
+
+    history = [{"epoch": 1, "valid": {"m": 0.2}}, {"epoch": 2}, {"epoch": 3, "valid": {"m": 0.5}},
+               {"epoch": 4, "valid": {"m": 0.4}}, {"epoch": 5, "valid": {"m": 0.5}}]
+    assert epoch_reaching(history, "m", 0.5)["epoch"] == 3
+    assert epoch_reaching(history, "m", 0.9)["epoch"] == 5  # never reached: the last validated epoch
+    with pytest.raises(ValueError, match="no epoch"):
+        epoch_reaching([{"epoch": 1}], "m", 0.5)
