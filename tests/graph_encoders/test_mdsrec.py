@@ -67,6 +67,8 @@ def test_config_files_load(name):
     assert (params.mu_id, params.mu_modal, params.n_centers, params.top_h) == (16.0, 0.2, 32, 10)
     # the paper's patience 10; the shop's epochs are 3 steps, so every seed model there waits 60 (as MBHT's config)
     assert cfg.train.patience == (60 if name.endswith("_shop.yaml") else 10) and params.hidden_size == 64
+    # ML-100k trains the centres at 10 sampled positions (the speed bound); the others at every position
+    assert params.center_positions == (10 if name == "mdsrec_ml100k.yaml" else None)
 
 
 # ---- shapes, loss, export --------------------------------------------------------------
