@@ -57,17 +57,15 @@ PUBLISHED = {
 REPORT_METRICS = ["HR@5", "HR@10", "HR@30", "NDCG@5", "NDCG@10", "NDCG@30", "MRR@5", "MRR@10", "MRR@30"]
 
 
+def own_overrides(model: str, overrides: list[str]) -> list[str]:
+    """``model``'s own overrides: each ``<model>:key=value`` without its prefix."""
+    return [o.split(":", 1)[1] for o in overrides if o.split("=", 1)[0].startswith(f"{model}:")]
+
+
 def overrides_for(model: str, overrides: list[str]) -> list[str]:
-    """The overrides that apply to ``model``: every plain ``key=value``, and ``<model>:key=value`` without
-    its prefix (another model's prefixed overrides are left out)."""
-    chosen = []
-    for override in overrides:
-        key = override.split("=", 1)[0]
-        if ":" not in key:
-            chosen.append(override)
-        elif key.split(":", 1)[0] == model:
-            chosen.append(override.split(":", 1)[1])
-    return chosen
+    """The overrides that apply to ``model``: every plain ``key=value``, then its own (another model's prefixed
+    overrides are left out)."""
+    return [o for o in overrides if ":" not in o.split("=", 1)[0]] + own_overrides(model, overrides)
 
 
 def model_label(record: dict) -> str:
@@ -104,7 +102,7 @@ def run_one(model: str, threads: int, epochs: int, out: Path, overrides: list[st
     train_seconds = [h["train_seconds"] for h in m["history"]]
     return {
         "model": model,
-        "model_overrides": [o.split(":", 1)[1] for o in overrides if o.split("=", 1)[0].startswith(f"{model}:")],
+        "model_overrides": own_overrides(model, overrides),
         "threads": threads,
         "epochs_trained": m["epochs_trained"],
         "best_epoch": m["best_epoch"],

@@ -337,12 +337,11 @@ class MDSRec(SequentialRecommender):
             center_mask = mask[:, 0].gather(1, positions[..., None].expand(-1, -1, mask.shape[-1]))
         else:
             center_mask = mask[:, 0]
-        every_position = not newest_only and positions is None  # the first layer's running sums need P = L
+        running = valid if not newest_only and positions is None else None  # running sums (first layer) need P = L
         x = x * keep
         for block, update in zip(encoder.blocks, self.center_updates[modality]):
             if self.config.centralized_attention:
                 keys = block.norm_attention(x)  # E_u^{m,l-1} as layer l's attention sees it (pre-norm)
-                running = valid if every_position else None
                 centers = update(block.attention, centers, keys, center_mask, running)  # Eq. 12-15
             x = block(x, mask) * keep
         if centers.dim() == 2:  # w/o ICA: the centres are not used
