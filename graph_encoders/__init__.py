@@ -5,8 +5,16 @@
 See docs/graph_encoders.md.
 """
 
-from graph_encoders.base import (MODELS, DatasetSpec, ModelConfig, SeqBatch, SequentialRecommender, build_model,
-                                 get_model_class, register_model)
+from graph_encoders.base import (
+                                 MODELS,
+                                 DatasetSpec,
+                                 ModelConfig,
+                                 SeqBatch,
+                                 SequentialRecommender,
+                                 build_model,
+                                 get_model_class,
+                                 register_model,
+)
 
 __all__ = [
     "MODELS", "DatasetSpec", "ModelConfig", "SeqBatch", "SequentialRecommender", "build_model", "get_model_class",

@@ -29,8 +29,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from graph_encoders.base import (DatasetSpec, ModelConfig, SeqBatch, SequentialRecommender, next_item_cross_entropy,
-                                 register_model)
+from graph_encoders.base import (
+    DatasetSpec,
+    ModelConfig,
+    SeqBatch,
+    SequentialRecommender,
+    next_item_cross_entropy,
+    register_model,
+)
 from graph_encoders.layers import SequenceEmbedding, TransformerEncoder, init_weights
 from llmrec.config import ConfigError
 

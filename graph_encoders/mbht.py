@@ -35,11 +35,23 @@ from typing import Literal
 import torch
 from torch import nn
 
-from graph_encoders.base import (DatasetSpec, ModelConfig, SeqBatch, SequentialRecommender, next_item_cross_entropy,
-                                 register_model)
+from graph_encoders.base import (
+    DatasetSpec,
+    ModelConfig,
+    SeqBatch,
+    SequentialRecommender,
+    next_item_cross_entropy,
+    register_model,
+)
 from graph_encoders.hypergraph import HypergraphEncoder, MultiChannelCosine, build_incidence, window_readout
-from graph_encoders.layers import (MultiHeadAttention, PointwiseFeedForward, SequenceEmbedding, TransformerEncoder,
-                                   attention_mask, init_weights)
+from graph_encoders.layers import (
+    MultiHeadAttention,
+    PointwiseFeedForward,
+    SequenceEmbedding,
+    TransformerEncoder,
+    attention_mask,
+    init_weights,
+)
 from llmrec.config import ConfigError
 
 logger = logging.getLogger(__name__)

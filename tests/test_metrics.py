@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from llmrec.metrics import (candidate_ranking_metrics, exclusion_mask, first_line, full_ranking_metrics,
-                            generative_metrics, metrics_from_ranks, normalize_title, parse_generation, target_ranks)
+from llmrec.metrics import (
+    candidate_ranking_metrics,
+    exclusion_mask,
+    first_line,
+    full_ranking_metrics,
+    generative_metrics,
+    metrics_from_ranks,
+    normalize_title,
+    parse_generation,
+    target_ranks,
+)
 
 
 # ----------------------------------------------------------------------------- ranking

@@ -14,8 +14,8 @@ See docs/data.md for the rules (tie-break, filters, splits, candidates, cache).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from llmrec.config import load_config
 from llmrec.data.candidates import load_candidates

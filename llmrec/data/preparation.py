@@ -37,8 +37,13 @@ from llmrec.data.filters import eligibility_filter
 from llmrec.data.llara import llara_input_files, load_llara
 from llmrec.data.loaders import RawData, input_files, load_source
 from llmrec.data.ordering import chronological_order, codes_of, sorted_ids
-from llmrec.data.presplit import PRESPLIT_SOURCES, build_presplit, load_samples_source, samples_input_files, \
-    save_given_candidates
+from llmrec.data.presplit import (
+    PRESPLIT_SOURCES,
+    build_presplit,
+    load_samples_source,
+    samples_input_files,
+    save_given_candidates,
+)
 from llmrec.data.schema import drop_duplicates, restrict_to_catalog
 from llmrec.data.splits import leave_one_out, sample_positions, sample_table
 from llmrec.data.stats import interaction_counts, length_summary, removal_totals

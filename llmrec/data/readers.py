@@ -16,8 +16,8 @@ import csv
 import json
 import logging
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

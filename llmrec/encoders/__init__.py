@@ -8,8 +8,14 @@ Library use::
 Command line: ``llmrec encode --config configs/encode/ml100k_text.yaml``. See docs/encoders.md.
 """
 
-from llmrec.encoders.config import (ClipConfig, EncodeConfig, HandcraftedConfig, ImageEncoderConfig, TextEncoderConfig,
-                                    load_encode_config)
+from llmrec.encoders.config import (
+                                    ClipConfig,
+                                    EncodeConfig,
+                                    HandcraftedConfig,
+                                    ImageEncoderConfig,
+                                    TextEncoderConfig,
+                                    load_encode_config,
+)
 from llmrec.encoders.factory import build_encoders
 from llmrec.encoders.pipeline import EncodeRun, ModalityResult, cache_folder, encode_items, run_encoding
 from llmrec.encoders.weights import WeightsNotFoundError

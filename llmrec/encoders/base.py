@@ -9,7 +9,8 @@ loading the model; both go into the cache key.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image

@@ -8,9 +8,10 @@ the comments of ``configs/encode/*.yaml``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from llmrec.config import ConfigError, load_config
 

@@ -32,8 +32,9 @@ The vector is two blocks, each L2-normalised, the color block weighted by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -20,8 +20,13 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from llmrec.encoders.base import ItemEncoder, l2_normalize, resolve_device
-from llmrec.encoders.weights import (WeightsNotFoundError, folder_fingerprint, has_weight_files, resolve_model_folder,
-                                     warn_random_init)
+from llmrec.encoders.weights import (
+    WeightsNotFoundError,
+    folder_fingerprint,
+    has_weight_files,
+    resolve_model_folder,
+    warn_random_init,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,14 @@ import torch
 from PIL import Image
 
 from llmrec.encoders.base import ItemEncoder, l2_normalize, resolve_device
-from llmrec.encoders.weights import (WeightsNotFoundError, file_sha256, folder_fingerprint, has_weight_files,
-                                     resolve_model_folder, warn_random_init)
+from llmrec.encoders.weights import (
+    WeightsNotFoundError,
+    file_sha256,
+    folder_fingerprint,
+    has_weight_files,
+    resolve_model_folder,
+    warn_random_init,
+)
 
 logger = logging.getLogger(__name__)
 

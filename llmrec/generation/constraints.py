@@ -43,7 +43,7 @@ class CandidateTrie:
         self.next_tokens = {prefix: sorted(tokens) for prefix, tokens in children.items()}
 
     @classmethod
-    def for_prompt(cls, prompt: Any, answer_collator: Any) -> "CandidateTrie":
+    def for_prompt(cls, prompt: Any, answer_collator: Any) -> CandidateTrie:
         return cls(candidate_answer_ids(prompt, answer_collator))
 
     def allowed(self, generated: Sequence[int], pad_id: int) -> list[int]:

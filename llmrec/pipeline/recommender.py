@@ -44,8 +44,16 @@ from typing import Any, Literal
 import numpy as np
 
 from llmrec.devices import autocast_dtype
-from llmrec.eval.infer import (InferConfig, load_model, make_generator, rank_prompts, resolve_checkpoint,
-                               resolve_device, resolve_task, resolve_train_config)
+from llmrec.eval.infer import (
+    InferConfig,
+    load_model,
+    make_generator,
+    rank_prompts,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_task,
+    resolve_train_config,
+)
 from llmrec.metrics import parse_generation
 from llmrec.pipeline.commands import inference_inputs
 from llmrec.tmf.collator import TMFCollator

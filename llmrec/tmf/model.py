@@ -28,15 +28,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
-from peft import (LoraConfig, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training,
-                  set_peft_model_state_dict)
+from peft import (
+    LoraConfig,
+    get_peft_model,
+    get_peft_model_state_dict,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -474,7 +480,7 @@ class TMFModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, tables: ModalityTables | None = None, *,
                         lm: nn.Module | None = None, tokenizer: Any = None,
-                        overrides: list[str] | tuple[str, ...] = ()) -> "TMFModel":
+                        overrides: list[str] | tuple[str, ...] = ()) -> TMFModel:
         """Rebuild a model saved by :meth:`save_pretrained` (base LM from its config, or ``lm`` if given)."""
         directory = Path(directory)
         config_file = directory / MODEL_CONFIG_FILE

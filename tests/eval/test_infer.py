@@ -15,8 +15,14 @@ import yaml
 from tmf_testkit import save_checkpoint  # registered by tests/conftest.py
 
 from llmrec.config import ConfigError, save_config
-from llmrec.eval.infer import (InferConfig, default_output, load_infer_config, resolve_checkpoint, run_inference,
-                               select_rows)
+from llmrec.eval.infer import (
+    InferConfig,
+    default_output,
+    load_infer_config,
+    resolve_checkpoint,
+    run_inference,
+    select_rows,
+)
 from llmrec.eval.report import evaluate_files
 from llmrec.pipeline.cli import main as cli_main
 from llmrec.pipeline.commands import inference_inputs

@@ -105,8 +105,11 @@ def test_the_denoiser_removes_noise_from_a_conditioned_toy_signal():
     with torch.no_grad():
         condition, x0 = sample()
         start = schedule.q_sample(x0, schedule.steps, torch.randn(64, 4, d, generator=torch.Generator().manual_seed(1)))
-        steps = lambda t: torch.full((64, 4), t, dtype=torch.long)
-        denoised = reverse_process(start, lambda x, t: denoiser(x, steps(t), condition, own), schedule)
+
+        def denoise(x, t):
+            return denoiser(x, torch.full((64, 4), t, dtype=torch.long), condition, own)
+
+        denoised = reverse_process(start, denoise, schedule)
         t, noise = schedule.sample_steps((64, 4), "cpu"), torch.randn(64, 4, d)
         noise_error = (denoiser(schedule.q_sample(x0, t, noise), t, condition, own) - noise).square().mean()
     before, after = (start - x0).square().mean(), (denoised - x0).square().mean()

@@ -1,7 +1,12 @@
 import torch
 
-from graph_encoders.layers import (SequenceEmbedding, TransformerEncoder, attention_mask, left_to_right_padded,
-                                   right_to_left_padded)
+from graph_encoders.layers import (
+    SequenceEmbedding,
+    TransformerEncoder,
+    attention_mask,
+    left_to_right_padded,
+    right_to_left_padded,
+)
 
 
 def test_causal_mask_blocks_future_and_padding():

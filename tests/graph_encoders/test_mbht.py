@@ -248,11 +248,17 @@ def test_hyperedges_of_a_hand_made_sequence():
     expected = torch.zeros(9, 18)
     # semantic hyperedge of each distinct item (column = its first position):
     # own positions weight 1, positions of its 2 most similar other items weight = similarity
-    expected[[1, 3], 1] = 1.0; expected[2, 1] = 0.9; expected[[7, 8], 1] = 0.3   # A: B, E
-    expected[2, 2] = 1.0; expected[[1, 3], 2] = 0.9; expected[4, 2] = 0.4        # B: A, C
-    expected[4, 4] = 1.0; expected[6, 4] = 0.7; expected[[7, 8], 4] = 0.6        # C: D, E
-    expected[6, 6] = 1.0; expected[4, 6] = 0.7; expected[2, 6] = 0.1             # D: C, B
-    expected[[7, 8], 7] = 1.0; expected[4, 7] = 0.6; expected[[1, 3], 7] = 0.3   # E: C, A
+    semantic = {  # hyperedge column: (its positions weight 1, then (positions, similarity) of the 2 nearest)
+        1: ([1, 3], [(2, 0.9), ([7, 8], 0.3)]),  # A: B, E
+        2: ([2], [([1, 3], 0.9), (4, 0.4)]),  # B: A, C
+        4: ([4], [(6, 0.7), ([7, 8], 0.6)]),  # C: D, E
+        6: ([6], [(4, 0.7), (2, 0.1)]),  # D: C, B
+        7: ([7, 8], [(4, 0.6), ([1, 3], 0.3)]),  # E: C, A
+    }
+    for column, (own, nearest) in semantic.items():
+        expected[own, column] = 1.0
+        for positions, weight in nearest:
+            expected[positions, column] = weight
     # multi-behavior hyperedge: only A occurs under two behaviors (view, buy); E is cart twice
     expected[[1, 3], 9 + 1] = 1.0
     torch.testing.assert_close(incidence[0], expected)

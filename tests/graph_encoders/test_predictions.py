@@ -6,8 +6,13 @@ import pytest
 from graph_encoders.batching import SequenceBatcher
 from graph_encoders.cli import FitGraphConfig, fit_graph, load_run
 from graph_encoders.evaluation import EvalConfig
-from graph_encoders.predictions import (baseline_prediction_records, catalog_names, prediction_records,
-                                        predictions_path, written_protocols)
+from graph_encoders.predictions import (
+    baseline_prediction_records,
+    catalog_names,
+    prediction_records,
+    predictions_path,
+    written_protocols,
+)
 from llmrec.config import load_config
 from llmrec.data.candidates import load_candidates
 from llmrec.eval.report import evaluate_predictions, read_predictions

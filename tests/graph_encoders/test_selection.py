@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from graph_encoders.selection import (cluster_mean_matrix, co_occurrence, kmeans, knn_graph, relaxed_selection,
-                                      row_normalize, selection_noise)
+from graph_encoders.selection import (
+    cluster_mean_matrix,
+    co_occurrence,
+    kmeans,
+    knn_graph,
+    relaxed_selection,
+    row_normalize,
+    selection_noise,
+)
 
 
 # ---- relaxed selection -----------------------------------------------------------------

@@ -13,8 +13,19 @@ import pytest
 
 from llmrec.config import ConfigError, load_config
 from llmrec.data.types import CandidateSet, SequenceDataset, UserSequence
-from llmrec.tmf.prompts.render import (TASKS, PromptConfig, PromptRenderer, Slot, TemplateError, load_domains,
-                                       load_templates, main, render_sample, resolve_path, shorten_title)
+from llmrec.tmf.prompts.render import (
+    TASKS,
+    PromptConfig,
+    PromptRenderer,
+    Slot,
+    TemplateError,
+    load_domains,
+    load_templates,
+    main,
+    render_sample,
+    resolve_path,
+    shorten_title,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP_BEHAVIORS = ["view", "cart", "purchase"]

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from tmf_testkit import tiny_model_config
 
 from adapters.fusion import FusionConfig, item_attention_mask
+from llmrec.config import ConfigError, load_config
 from llmrec.data.candidates import load_candidates
 from llmrec.tmf.collator import TMFCollator
 from llmrec.tmf.lm import LMConfig, resolve_source
-from llmrec.config import ConfigError, load_config
 from llmrec.tmf.model import ADAPTORS_FILE, ModalityTables, ModelConfig, TMFModel
 from llmrec.tmf.prompts.render import PromptConfig, PromptRenderer
 
