@@ -1,4 +1,5 @@
-"""Fine-tune TMF (LoRA + fusion + adaptors with the curriculum): a thin entry point over llmrec.pipeline.commands (train_main).
+"""Fine-tune TMF (LoRA + fusion + adaptors with the curriculum): a thin entry point over
+llmrec.pipeline.commands (train_main).
 
     accelerate launch train.py --config configs/tmf_smollm2_shop.yaml [key=value ...] [--resume auto]
     python train.py --config configs/tmf_smollm2_shop.yaml max_steps=10

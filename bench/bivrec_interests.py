@@ -86,7 +86,8 @@ def diagnose(run_dir: Path, split: str, sampler: str, size: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# BivRec interests: {report['run']} ({report['split']}, {report['protocol']}, {report['rows']} rows)", "",
+    lines = [(f"# BivRec interests: {report['run']} ({report['split']}, {report['protocol']}, "
+              f"{report['rows']} rows)"), "",
              (f"interests {report['interests']}, score view {report['score_view']}; oracle cross-entropy over all "
              f"items {report['oracle_cross_entropy_all_items']:.3f} (training windows, eval mode: "
              f"{report['oracle_cross_entropy_training_windows']:.3f}); first stage: "

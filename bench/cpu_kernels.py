@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
               "machine": describe_machine(), "settings": SETTINGS, "pairs": pairs}
     lines = [f"Command: `{report['command']}`", "", f"Machine: {report['machine']}", "",
              "| table A | table B | identical | max abs difference | rows differing |", "|---|---|---|---:|---:|"]
-    lines += [f"| {p['a']} | {p['b']} | {p['identical']} | {p['max_abs_diff']:.3g} | {p['rows_differing']} of {p['rows']} |"
+    lines += [(f"| {p['a']} | {p['b']} | {p['identical']} | {p['max_abs_diff']:.3g} | "
+               f"{p['rows_differing']} of {p['rows']} |")
               for p in pairs]
     text = "\n".join(lines) + "\n"
     print(text)

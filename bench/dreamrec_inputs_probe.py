@@ -94,7 +94,8 @@ def probe(run_dir: Path, split: str) -> dict:
 
 
 def projection_units(model, batcher: SequenceBatcher, split: str) -> dict:
-    """How Eq. 22's ``ReLU(S W_proj + b_proj)`` fires on the split's histories (real positions: history and dream token)."""
+    """How Eq. 22's ``ReLU(S W_proj + b_proj)`` fires on the split's histories (real positions: history and dream
+    token)."""
     history = batcher.history_batch(*batcher.evaluation_rows(split))
     items, behaviors = model.window(*model.prediction_inputs(history))
     captured = {}
@@ -120,7 +121,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Mean norms: " + ", ".join(f"{k} {v:.2f}" for k, v in report["mean_norms"].items())]
     units = report["projection_units"]
     if units:
-        lines += ["", (f"Eq. 22 ReLU over {units['positions']} positions (history and dream token): {units['never_firing']} of "
+        lines += ["", (f"Eq. 22 ReLU over {units['positions']} positions (history and dream token): "
+                  f"{units['never_firing']} of "
                   f"{units['units']} units never fire, {units['firing_under_1pct']} fire at under 1 % of positions; "
                   f"{units['zero_output_share']:.3f} of all outputs are zero; mean norm of ReLU(S W + b) "
                   f"{units['mean_norm_projected']:.2f} against the behavior embedding added after it "

@@ -49,7 +49,8 @@ def _catalog(n_items: int, folder: Path):
         path = folder / f"i{i:05d}.png"
         shop.draw_item_image(pick["category"], pick["color"], pick["pattern"], pick["size"], 64).save(path)
         rows.append({"item_id": f"i{i:05d}", "title": f"{pick['brand']} {pick['category']} ({pick['size']})",
-                     "text": f"A size {pick['size']} {pick['category']} by {pick['brand']}, made of {pick['material']}.",
+                     "text": (f"A size {pick['size']} {pick['category']} by {pick['brand']}, "
+                              f"made of {pick['material']}."),
                      "image": str(path)})
     return pd.DataFrame(rows)
 
@@ -132,7 +133,8 @@ def main() -> None:
     (args.out / "encode.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     lines = [f"# Item encoders on CPU: {args.items} items, {torch.get_num_threads()} torch threads", "",
              "cold = model load + encode, warm = encode with the model in memory, cached = table from the cache.", "",
-             "| encoder | model | dim | batch | cold items/s | warm items/s | cached items/s | cold s | warm s | cached s |",
+             ("| encoder | model | dim | batch | cold items/s | warm items/s | cached items/s | "
+              "cold s | warm s | cached s |"),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         model = r["model"] + (" (random init)" if r["random_init"] else "")

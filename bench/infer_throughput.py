@@ -39,7 +39,8 @@ Defaults: the newest checkpoint of runs/ablations/no_curriculum_shop, configs/in
 without ``.venv-vllm`` (``make vllm-venv``) the vLLM rows say "not run". vLLM's engine threads follow its own
 CPU binding (``VLLM_CPU_OMP_THREADS_BIND``, default auto: one thread per allowed physical core, one core kept
 for its scheduler when there are two or more), not ``--threads``. The inputs are built as ``llmrec infer``
-builds them (a graph encoder is trained on first use for a new dataset version). Writes bench/out/infer_throughput.json (with every user's answers) and .md (--out DIR).
+builds them (a graph encoder is trained on first use for a new dataset version).
+Writes bench/out/infer_throughput.json (with every user's answers) and .md (--out DIR).
 """
 
 from __future__ import annotations

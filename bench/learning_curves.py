@@ -66,7 +66,8 @@ def markdown(curves: dict[str, dict]) -> str:
         if [p["step"] for p in other] == steps:
             diff = ", ".join(f"{a['step']}: {b['HR@1'] - a['HR@1']:+.3f}" for a, b in zip(first, other))
             lines.append(f"\nHR@1 of {name} minus {names[0]} at the same steps: {diff}; training time ratio "
-                         f"{names[0]} / {name}: {curves[names[0]]['train_seconds'] / curves[name]['train_seconds']:.2f}")
+                         f"{names[0]} / {name}: "
+                         f"{curves[names[0]]['train_seconds'] / curves[name]['train_seconds']:.2f}")
     return "\n".join(lines)
 
 
@@ -93,7 +94,8 @@ def plot(curves: dict[str, dict], out: Path, n_users: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="training output folders (each with metrics.jsonl), or metrics .jsonl files")
+    parser.add_argument("runs", nargs="+",
+                        help="training output folders (each with metrics.jsonl), or metrics .jsonl files")
     parser.add_argument("--labels", nargs="+", help="one label per run (default: the folder names)")
     parser.add_argument("--validation-users", default="64 users", help="how the y axis names the validation set")
     parser.add_argument("--out", default="bench/out/learning_curves", help="output path without suffix")

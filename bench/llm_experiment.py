@@ -2,7 +2,8 @@
 scored on the same test users and the same frozen candidate sets, on the synthetic shop (brand-first titles, the
 default, or category-first ones: ``--dataset shop_category_first``) or ML-100k.
 
-    python bench/llm_experiment.py [--dataset shop|shop_category_first|ml100k] [--train] [--rows NAME ...] [--generate-users 100]
+    python bench/llm_experiment.py [--dataset shop|shop_category_first|ml100k] [--train] [--rows NAME ...]
+        [--generate-users 100]
         [--out bench/out/<dataset>_experiment] [--carry docs/results/<dataset>/<dataset>_experiment.json]
     make experiment                    # the shop with --train: trains the missing rows first (hours on a CPU)
     make experiment-category-first     # the same on category-first titles
@@ -12,11 +13,13 @@ Rows (configs, one per row; each differs from full TMF only in its own keys, tes
 * LLM rows: ``configs/ablations/*_<dataset>.yaml`` and ``configs/baselines/llara_<dataset>.yaml`` (ML-100k has no
   images, so its '+ item tokens (AMSA)' row is its full TMF and there is no separate CMA row). A row counts once its
   run reached ``max_steps`` (the shop also has full TMF trained without the image, text or graph modality,
-  ``configs/ablations/{image,text,graph}_off_shop.yaml``; ``--train`` runs ``train.py --config ... [--resume auto]`` for the others, one after
+  ``configs/ablations/{image,text,graph}_off_shop.yaml``; ``--train`` runs ``train.py --config ... [--resume auto]``
+  for the others, one after
   the other). Each finished row is scored with its last checkpoint on every test user: candidate ranking by
   answer log-likelihood (HR@1, HR@3, NDCG@3), free greedy generation and constrained generation on a seeded
   subset of ``--generate-users`` (HitRate@1 as correct/total and correct/valid, ValidRatio);
-* conventional rows: MBHT and SASRec (ML-100k: also GRU4Rec and BERT4Rec) trained on the recipes' own split (``llmrec.pipeline.stages.ensure_graph_run``,
+* conventional rows: MBHT and SASRec (ML-100k: also GRU4Rec and BERT4Rec) trained on the recipes' own split
+  (``llmrec.pipeline.stages.ensure_graph_run``,
   the very runs that give the LLM rows their graph tables), their per-row predictions on the same candidates;
 * rule rows (``bench/rule_rows.py``): most popular, seen in history, session category (where the catalog has
   categories), and the planted-truth diagnostics of the synthetic shop.
@@ -183,7 +186,8 @@ def carried_rows(path: Path, names: list[str], fingerprint: str, candidate_file:
         log.warning("%s: fingerprint %s differs from today's %s, but the per-user ranks of every recorded rule row "
                     "(%s) are equal on all %d users: same split and candidates, rows carried", path,
                     earlier["fingerprint"][:12], fingerprint[:12], ", ".join(same), len(rule_ranks[same[0]]))
-    return {name: {**earlier["rows"][name], "carried_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
+    return {name: {**earlier["rows"][name],
+                   "carried_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
             for name in names if name in earlier["rows"]}
 
 
@@ -252,7 +256,8 @@ def markdown(results: dict) -> str:
                  f"{gen['HitRate@1']:.3f}" if gen else "—", f"{gen['HitRate@1_valid']:.3f}" if gen else "—",
                  f"{gen['ValidRatio']:.3f}" if gen else "—", f"{con['HitRate@1']:.3f}" if con else "—",
                  str(row.get("steps", "—")),
-                 f"{row['train_minutes']:.0f}" + (" ‡" if row.get("paused_steps") else "") if "train_minutes" in row else "—"]
+                 (f"{row['train_minutes']:.0f}" + (" ‡" if row.get("paused_steps") else "")
+                  if "train_minutes" in row else "—")]
         mark = " †" if "carried_from" in row else ""
         lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
     carried = sorted({row["carried_from"] for row in results["rows"].values() if "carried_from" in row})
@@ -260,13 +265,15 @@ def markdown(results: dict) -> str:
         unpaired = [n for n, row in results["rows"].items() if "carried_from" in row and "target_ranks" not in row]
         lines += ["", f"† scored by an earlier run of this benchmark on the same users and candidates, taken from "
                   f"{', '.join(carried)} (its checkpoint is gone)"
-                  + (f"; without per-user ranks, so not in the paired comparisons: {', '.join(unpaired)}." if unpaired else ".")]
+                  + (f"; without per-user ranks, so not in the paired comparisons: {', '.join(unpaired)}."
+                     if unpaired else ".")]
     for name, row in results["rows"].items():
         if row.get("paused_steps"):
             steps = row["paused_steps"]
             extra = sum(p["seconds"] - p["median_seconds"] for p in steps) / 60
             lines += ["", f"‡ {name}: the sum of its step times includes "
-                      + ", ".join(f"step {p['step']} ({p['seconds']:.0f} s, {p['seconds'] / p['median_seconds']:.0f}x the "
+                      + ", ".join(f"step {p['step']} ({p['seconds']:.0f} s, "
+                                  f"{p['seconds'] / p['median_seconds']:.0f}x the "
                                   f"run's median step of {p['median_seconds']:.0f} s)" for p in steps)
                       + f": the process was stopped or the machine suspended inside it. At the median instead: "
                         f"{row['train_minutes'] - extra:.0f} min."]
@@ -368,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     # the other rows against full TMF; without its per-user ranks (a carried row), against the first LLM row with them
     reference = full if full in per_user else next((n for n in llm_rows if n in per_user), full)
     # every LLM row outside Table 3 (no curriculum, LLaRA, the modalities switched off in training), then the others
-    pairs += [(other, reference) for other in (*[n for n in llm_rows if n not in table3], *conventional, *RULES_COMPARED)
+    pairs += [(other, reference)
+              for other in (*[n for n in llm_rows if n not in table3], *conventional, *RULES_COMPARED)
               if other != reference]
     pairs = [(a, b) for a, b in pairs if a in per_user and b in per_user]
     paired = [{"a": a, "b": b, **paired_comparison(per_user[a], per_user[b], N_BOOT)} for a, b in pairs]

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (meta.is_file() and json.loads(meta.read_text())["checkpoint"] == str(checkpoint)):
             cfg = load_config(InferConfig, None, [
                 f"checkpoint={checkpoint}", "mode=rank", "precision=auto", f"output={path}",
-                f"n_users={'null' if args.n_users is None else args.n_users}", f"drop_modalities=[{','.join(dropped)}]"])
+                f"n_users={'null' if args.n_users is None else args.n_users}",
+                f"drop_modalities=[{','.join(dropped)}]"])
             run_inference(cfg, dataset, tables)
         rows = np.array(sorted(json.loads(line)["row"] for line in path.read_text().splitlines()))
         ranks = ranks_of(path, rows)
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         rows_out[name] = {"dropped": dropped, "HR@1": float(per_user[name].mean()),
                           "HR@1_ci95": list(bootstrap_interval(per_user[name], N_BOOT)),
                           "HR@3": float((ranks <= 3).mean()), "target_ranks": ranks.tolist()}
-    paired = [{"a": "all modalities", "b": name, **paired_comparison(per_user["all modalities"], per_user[name], N_BOOT)}
+    paired = [{"a": "all modalities", "b": name,
+               **paired_comparison(per_user["all modalities"], per_user[name], N_BOOT)}
               for name in per_user if name != "all modalities"]
     results = {"recipe": args.recipe, "checkpoint": str(checkpoint), "absent_modalities": absent,
                "n_users": len(next(iter(per_user.values()))), "rows": rows_out, "paired": paired,
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {p["b"]: p for p in paired}
     for name, row in rows_out.items():
         p = by_name.get(name)
-        diff = f"{p['difference']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | {p['p_value']:.4f}" if p else "— | — | —"
+        diff = (f"{p['difference']:+.3f} | [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | {p['p_value']:.4f}"
+                if p else "— | — | —")
         lines.append(f"| {name} | {row['HR@1']:.3f} | [{row['HR@1_ci95'][0]:.3f}, {row['HR@1_ci95'][1]:.3f}] | "
                      f"{row['HR@3']:.3f} | {diff} |")
     table = "\n".join(lines) + "\n"

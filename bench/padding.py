@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     candidates = load_candidates(dataset, "train", sampler=c.sampler, size=c.size, seed=c.seed)
     title_tokens = np.array([len(ids) for ids in tokenizer(renderer.item_names, add_special_tokens=False)["input_ids"]])
     estimated = estimate_prompt_lengths({"history_items": history}, candidates.items, title_tokens)
-    lengths = np.array([int(collator([renderer.render(history[r], behaviors[r], candidates.items[r],
-                                                      int(candidates.target_index[r]), args.task,
-                                                      np.random.default_rng([cfg.seed, 0, r]))])["attention_mask"].sum())
-                        for r in tqdm(range(len(history)), desc="tokenize")])
+
+    def prompt_tokens(r: int) -> int:
+        prompt = renderer.render(history[r], behaviors[r], candidates.items[r], int(candidates.target_index[r]),
+                                 args.task, np.random.default_rng([cfg.seed, 0, r]))
+        return int(collator([prompt])["attention_mask"].sum())
+
+    lengths = np.array([prompt_tokens(r) for r in tqdm(range(len(history)), desc="tokenize")])
     rows = []
     for size in (int(s) for s in args.batch_sizes.split(",")):
         for group in (cfg.length_group_size, None):
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
              f"length estimate vs tokens: r = {report['estimate_correlation']:.3f}")
     lines = [intro, "",
              "| micro-batch | length grouping | padding share |", "|---:|---|---:|"]
-    lines += [f"| {r['batch_size']} | {'groups of ' + str(r['length_group_size']) if r['length_group_size'] else 'none'} | "
+    lines += [f"| {r['batch_size']} | "
+              f"{'groups of ' + str(r['length_group_size']) if r['length_group_size'] else 'none'} | "
               f"{r['padding_share']:.3f} |" for r in rows]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "padding.json").write_text(json.dumps(report, indent=2))

@@ -78,10 +78,12 @@ def planted_breakdown(table: dict, dataset) -> dict:
     if wrong:
         raise SystemExit(f"rows {wrong} have per-user ranks for another number of users than the split's {len(items)}")
     hits["uniform pick among the session's category"] = random_in_session_category(session, target_index)
-    paired = [{"a": a, "b": b, "group": group, "comparison": paired_comparison(hits[a][mask], hits[b][mask], n_boot=N_BOOT)}
+    paired = [{"a": a, "b": b, "group": group,
+               "comparison": paired_comparison(hits[a][mask], hits[b][mask], n_boot=N_BOOT)}
               for a, b in ablation_pairs(list(hits)) for group, mask in groups.items()]
     return {"n_users": len(items), "group_sizes": {g: int(m.sum()) for g, m in groups.items()},
-            "rows": {name: by_user_type(h, several, kinds) for name, h in hits.items()}, "paired": paired, "left_out": skipped}
+            "rows": {name: by_user_type(h, several, kinds) for name, h in hits.items()}, "paired": paired,
+            "left_out": skipped}
 
 
 def markdown(results: dict) -> str:
@@ -95,9 +97,11 @@ def markdown(results: dict) -> str:
     for name, shares in results["rows"].items():
         lines.append(f"| {name} | " + " | ".join(f"{shares[g]:.3f}" for g in groups) + " |")
     if results["paired"]:
-        lines += ["", "Paired on the same users (b - a, paired bootstrap):", "", f"| a | b | users | {PAIRED_COLUMNS} |",
+        lines += ["", "Paired on the same users (b - a, paired bootstrap):", "",
+                  f"| a | b | users | {PAIRED_COLUMNS} |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['a']} | {p['b']} | {p['group']} | {paired_cells(p['comparison'])} |" for p in results["paired"]]
+        lines += [f"| {p['a']} | {p['b']} | {p['group']} | {paired_cells(p['comparison'])} |"
+                  for p in results["paired"]]
     return "\n".join(lines) + "\n"
 
 

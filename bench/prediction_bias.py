@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     chance = 1 / next(iter(results["rows"].values()))["n_candidates"]
     lines = [(f"Rank-mode predictions on `{args.data}` {' '.join(args.override)} (chance share of any one candidate: "
              f"{chance:.2f})."), "",
-             ("| row | users | HR@1 | pick = most popular | target = most popular | median Spearman(score, popularity) | "
+             ("| row | users | HR@1 | pick = most popular | target = most popular | "
+             "median Spearman(score, popularity) | "
              "pick = shortest title | picks at positions 1..C |"), "|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
         lines.append(f"| {name} | {row['n_users']} | {row['HR@1']:.3f} | {row['pick_is_most_popular']:.3f} | "

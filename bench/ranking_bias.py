@@ -34,10 +34,12 @@ with torch.autocast("cpu", dtype=torch.bfloat16):
 scores = np.asarray(scores)
 pick = scores.argmax(1)
 tgt = np.array([p.target_index for p in prompts])
-lens = np.array([[len(model.tokenizer(renderer.item_name(c), add_special_tokens=False)["input_ids"]) for c in p.candidates] for p in prompts])
+lens = np.array([[len(model.tokenizer(renderer.item_name(c), add_special_tokens=False)["input_ids"])
+                  for c in p.candidates] for p in prompts])
 print("HR@1", (pick == tgt).mean())
 print("pick position hist", np.bincount(pick, minlength=10), "target pos hist", np.bincount(tgt, minlength=10))
-print("mean len picked", lens[np.arange(64), pick].mean(), "target", lens[np.arange(64), tgt].mean(), "all", lens.mean())
+print("mean len picked", lens[np.arange(64), pick].mean(), "target", lens[np.arange(64), tgt].mean(),
+      "all", lens.mean())
 print("picked len == min len in row", (lens[np.arange(64), pick] == lens.min(1)).mean())
 # per-token normalized
 norm = scores / lens

@@ -87,11 +87,13 @@ def markdown(results: dict) -> str:
     lines = [(f"Retrieve-then-rerank over the whole catalog: the retriever's top {k} of the items each user has not "
               f"interacted with, re-ranked by the LLM's answer log-likelihood (prompt order shuffled per user). "
               f"Test users; 95% bootstrap intervals over users."), "",
-             f"| row | order | users | recall@{k} | HR@1 | 95% CI | HR@5 | HR@10 | NDCG@10 |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| row | order | users | recall@{k} | HR@1 | 95% CI | HR@5 | HR@10 | NDCG@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["rows"].items():
         for order, label in (("retriever", "retriever alone"), ("rerank", "retriever + LLM")):
             m = row[order]
-            lines.append(f"| {name} | {label} | {row['n_users']} | {row[f'recall@{k}']:.3f} | {m['HR@1']['mean']:.3f} | "
+            lines.append(f"| {name} | {label} | {row['n_users']} | {row[f'recall@{k}']:.3f} | "
+                         f"{m['HR@1']['mean']:.3f} | "
                          f"[{m['HR@1']['ci95'][0]:.3f}, {m['HR@1']['ci95'][1]:.3f}] | {m['HR@5']['mean']:.3f} | "
                          f"{m['HR@10']['mean']:.3f} | {m['NDCG@10']['mean']:.3f} |")
     lines += ["", "Paired (retriever + LLM minus retriever alone, same users):", "",
@@ -115,7 +117,8 @@ def plot(results: dict, path: Path) -> None:
         highs = [results["rows"][r][order]["HR@1"]["ci95"][1] - m for m, r in zip(means, rows)]
         ax.bar(np.arange(len(rows)) + (j - 0.5) * width, means, width, yerr=[lows, highs], capsize=3, label=label)
     ceilings = [results["rows"][r][f"recall@{results['k']}"] for r in rows]
-    ax.scatter(np.arange(len(rows)), ceilings, marker="_", s=800, color="black", label=f"recall@{results['k']} (ceiling)")
+    ax.scatter(np.arange(len(rows)), ceilings, marker="_", s=800, color="black",
+               label=f"recall@{results['k']} (ceiling)")
     ax.set_xticks(np.arange(len(rows)), [r.replace(": ", ":\n") for r in rows], fontsize=7)
     ax.set_ylabel("HR@1 over the whole catalog")
     ax.legend(fontsize=7)

@@ -215,7 +215,8 @@ def markdown(table: dict, machine: str, command: str) -> str:
         lines.append("")
     lines += [("**Paired differences** (model − baseline, seed-mean per-user metric, same test users and candidates; "
                "95% paired bootstrap, sign-flip p)"), "",
-              "| model | baseline | protocol | metric | difference | 95% interval | p |", "|---|---|---|---|---:|---|---:|"]
+              "| model | baseline | protocol | metric | difference | 95% interval | p |",
+              "|---|---|---|---|---:|---|---:|"]
     for p in table["pairs"]:
         lines.append(f"| {p['model']} | {p['baseline']} | {p['protocol']} | {p['metric']} | {p['difference']:+.4f} | "
                      f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] | {p['p_value']:.3f} |")

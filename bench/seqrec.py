@@ -153,7 +153,8 @@ def candidate_seed_spread(run_dirs: list[Path], seeds: list[int], protocol: str 
     from graph_encoders.cli import load_run
     from graph_encoders.evaluation import CandidateProtocol, EvalConfig, evaluate
 
-    lines = [f"| run | {protocol} seeds | HR@10 mean ± std | NDCG@10 mean ± std | HR@10 per seed |", "|---|---|---|---|---|"]
+    lines = [f"| run | {protocol} seeds | HR@10 mean ± std | NDCG@10 mean ± std | HR@10 per seed |",
+             "|---|---|---|---|---|"]
     for run_dir in run_dirs:
         model, dataset, config = load_run(run_dir)
         base = next(p for p in config.eval.protocols if p.name == protocol)
@@ -180,7 +181,8 @@ def report(run_dirs: list[Path], chart: Path | None) -> str:
                      + " | ".join(f"{v:.4f}" for v in ours) + " |")
         if m["model"] in PUBLISHED:
             pub = PUBLISHED[m["model"]]
-            lines.append(f"| published | {m['model']} | | | | " + " | ".join(f"{pub[k]:.4f}" for k in REPORT_METRICS) + " |")
+            lines.append(f"| published | {m['model']} | | | | "
+                         + " | ".join(f"{pub[k]:.4f}" for k in REPORT_METRICS) + " |")
     if chart is not None:
         models = [m["model"] for m in runs]
         unique = len(set(models)) == len(models)
@@ -259,7 +261,8 @@ def main() -> int:
         record = json.loads(lines[-1].removeprefix("BENCH_RECORD "))
         record["process_seconds"] = time.perf_counter() - started
         records.append(record)
-        print(f"{model}: {record['seconds_per_epoch']:.2f} s/epoch, quality after {record['time_to_quality_seconds']:.1f} s")
+        print(f"{model}: {record['seconds_per_epoch']:.2f} s/epoch, "
+              f"quality after {record['time_to_quality_seconds']:.1f} s")
     sys.path.insert(0, str(ROOT))
     from llmrec.devices import describe_machine
 

@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 not_run.append(name)
                 continue
             dataset, _ = ensure_inputs(load_train_config(ROOT / recipe))
-            target = ROOT / (args.brand_first_predictions if order == "brand_first" else args.category_first_predictions)
+            target = ROOT / (args.brand_first_predictions if order == "brand_first"
+                             else args.category_first_predictions)
             files = llm_predictions(name, recipe, checkpoint, target, args.generate_users)
             keys[name] = aligned_key(files["rank"])
             cands = load_candidates(dataset, SPLIT, sampler="uniform", size=10, seed=0)

@@ -17,7 +17,8 @@ training loop's validation does), four seeded groups of ``--n-users`` prompts:
 Per group: HitRate@1 with a 95% bootstrap interval, the mean probability the model gives the target among
 the candidates (softmax of the summed answer log-likelihoods; chance 1 / C), a smoother measure than HR@1, and
 the rule rows' HR@1 on the same prompts (``llmrec.eval.rules``: how easy each group is for a popularity count).
-``--rules-only`` recomputes the rule columns of an existing report without ranking again. Writes ``train_fit-<recipe>.json`` (per-user target ranks) and ``.md`` into ``--out``; prints the markdown.
+``--rules-only`` recomputes the rule columns of an existing report without ranking again. Writes
+``train_fit-<recipe>.json`` (per-user target ranks) and ``.md`` into ``--out``; prints the markdown.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def rules_only(recipe: str, out: Path) -> int:
     dataset, _ = ensure_inputs(cfg)
     for group in report["groups"].values():
         split = group["split"]
-        group["rules_HR@1"] = rule_hit_rates(dataset, split, candidate_set(dataset, cfg, split), np.array(group["rows"]))
+        group["rules_HR@1"] = rule_hit_rates(dataset, split, candidate_set(dataset, cfg, split),
+                                             np.array(group["rows"]))
     write_report(report, path)
     return 0
 
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
               "training_rows": len(counts), "training_rows_seen": int((counts > 0).sum()),
               "mean_times_seen": float(counts[counts > 0].mean()), "n_candidates": int(cfg.eval.candidates.size),
               "precision": "bf16 autocast" if autocast is not None else "fp32",
-              "cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "cpu": platform.processor() or platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch_threads": torch.get_num_threads(), "groups": results, "seconds": time.perf_counter() - started}
     write_report(report, ROOT / args.out / f"train_fit-{Path(args.recipe).stem}.json")
     return 0

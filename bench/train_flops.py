@@ -121,7 +121,8 @@ def main() -> None:
     if ours and plain:
         needed = 2 * plain["samples_per_s"] * ours["gflop_per_sample"]["total"]
     machine = report["machine"]
-    lines.append(f"Machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['cores']} cores; {threads} threads; model config "
+    lines.append(f"Machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['cores']} cores; "
+                 f"{threads} threads; model config "
                  f"{cfg_path.parent.name}; LoRA rank {args.lora_rank}; our logits at {args.answer_tokens:g} "
                  f"tokens per sample. Throughput from {args.throughput_json}.")
     lines += ["", "| run | tokens/sample | GFLOP/sample | samples/s | GFLOP/s | share of the fp32 matmul rate |",

@@ -1,7 +1,8 @@
 """Where a training step's time goes, by torch operator (issue #12): matrix products against the rest.
 
 Runs our loop (:class:`llmrec.train.loop.Trainer`, the settings of ``bench/train_throughput.py``) for one
-warm-up step and one step timed without the profiler, then ``--steps`` steps under ``torch.profiler``, and sums each operator's *self* CPU time
+warm-up step and one step timed without the profiler, then ``--steps`` steps under ``torch.profiler``, and sums
+each operator's *self* CPU time
 (time inside the operator, not in the operators it calls). Operators are grouped:
 
 * ``matmul``: the dense products (``aten::mm``, ``addmm``, ``bmm``, ...), the work FLOP counts measure;
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": os.getloadavg(),
     }
     header = (f"Machine: {describe_machine(machine)}; {args.threads} torch thread(s); task {args.task}, "
-              f"{args.precision}, {args.steps} profiled steps ({samples} samples) after a warm-up step and one timed without the profiler.")
+              f"{args.precision}, {args.steps} profiled steps ({samples} samples) after a warm-up step and one timed "
+              "without the profiler.")
     timing = (f"Profiled step {wall / args.steps:.2f} s against {unprofiled['seconds']:.2f} s unprofiled; "
               f"self CPU time summed over operators {total:.2f} s (shares below are of this sum).")
     lines = [header, timing, "", "| group | self s | share |", "|---|---:|---:|"]

@@ -31,7 +31,8 @@ at the same precision; hard <= 1.15x easy per sample; our peak RSS <= plain's.
     python bench/train_throughput.py --task-ratio --steps 12 --precision bf16     # hard vs easy, same rows, one process
     python bench/train_throughput.py --slot-cost --steps 6 --precision fp32       # LM length cost vs TMF machinery
 
-Writes bench/out/train_throughput.json and .md (--task-ratio / --slot-cost: train_task_ratio_<precision> / train_slot_cost_<precision> .json and .md).
+Writes bench/out/train_throughput.json and .md (--task-ratio / --slot-cost: train_task_ratio_<precision> /
+train_slot_cost_<precision> .json and .md).
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def build_trainers(args, tasks) -> dict:
 
 def save_report(name: str, args, report: dict, lines: list[str], title: str) -> None:
     """Write bench/out/<name>_<precision>.json (with the settings) and .md, and print the table."""
-    report = {"settings": vars(args) | {"threads": 2, "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
+    report = {"settings": vars(args) | {"threads": 2,
+                                        "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
               **report, "load_average_after": os.getloadavg()}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}_{args.precision}.json").write_text(json.dumps(report, indent=2))
@@ -237,7 +239,8 @@ def task_ratio(args) -> None:
              f"| steps per task (alternating, same rows) | {args.steps} |",
              f"| easy s/sample (median) | {np.median(per_sample['easy']):.3f} |",
              f"| hard s/sample (median) | {np.median(per_sample['hard']):.3f} |",
-             f"| hard/easy s/sample, median of paired steps (target <= 1.15) | {report['median_paired_ratio_hard_over_easy']:.3f} |",
+             ("| hard/easy s/sample, median of paired steps (target <= 1.15) | "
+              f"{report['median_paired_ratio_hard_over_easy']:.3f} |"),
              f"| hard/easy real tokens | {report['token_ratio_hard_over_easy']:.3f} |",
              f"| paired ratios min / max | {paired.min():.3f} / {paired.max():.3f} |"]
     save_report("train_task_ratio", args, report, lines, args.precision)
@@ -374,7 +377,8 @@ def compare(args) -> None:
                 command = [sys.executable, __file__, "--worker", "--loop", loop, "--task", task, "--precision",
                            precision, "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum",
                            str(args.grad_accum), "--max-history", str(args.max_history), "--max-length",
-                           str(args.max_length), "--lora-dropout", str(dropout), *(["--ours-compile"] * args.ours_compile),
+                           str(args.max_length), "--lora-dropout", str(dropout),
+                           *(["--ours-compile"] * args.ours_compile),
                            "--rows-file", str(rows_file) if writes_rows or loop == "plain" else ""]
                 key = f"{name}/{precision}"
                 print(f"[{repeat + 1}/{args.repeats}] running {key} ...", flush=True)
@@ -402,7 +406,8 @@ def compare(args) -> None:
                                                                               "seconds_per_sample")
         checks[f"ours/plain peak RSS, {p} (target <= 1.0)"] = ratio(f"ours/easy/{p}", f"plain/easy/{p}", "peak_rss_mb")
     report = {"machine": machine, "settings": vars(args) | {"threads": 2,
-                                                           "data": "ml100k" if os.environ.get("LLMREC_DATA_DIR") else "shop"},
+                                                           "data": ("ml100k" if os.environ.get("LLMREC_DATA_DIR")
+                                                                    else "shop")},
               "results": results, "runs": measured, "ratios": checks, "load_average_after": os.getloadavg()}
     (OUT / "train_throughput.json").write_text(json.dumps(report, indent=2))
     header = (f"Machine: {describe_machine(machine)}; 2 torch threads. Medians of {args.repeats} run(s) per "

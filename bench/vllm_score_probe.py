@@ -207,9 +207,11 @@ def main() -> None:
 
     # 1. prompt_logprobs on a pure prompt-embeds request
     def score_plain(pair: dict[str, Any], out: Any) -> dict[str, Any]:
-        return {"answer": pair["answer"], "path_ok": False, "vllm_sum": None, "prompt_logprobs": repr(out.prompt_logprobs)}
+        return {"answer": pair["answer"], "path_ok": False, "vllm_sum": None,
+                "prompt_logprobs": repr(out.prompt_logprobs)}
 
-    run("plain_prompt_logprobs", plain, [vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)] * len(plain),
+    run("plain_prompt_logprobs", plain,
+        [vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)] * len(plain),
         score_plain)
 
     # 2./3. greedy generation with returned logprobs, with and without a one-choice grammar
@@ -239,7 +241,8 @@ def main() -> None:
         n = pair["embeds"].shape[0]
         plp = out.prompt_logprobs
         lps = None if plp is None else [plp[n + j][t].logprob for j, t in enumerate(pair["ids"])]
-        return {"answer": pair["answer"], "path_ok": True, "vllm_tokens": lps, "vllm_sum": None if lps is None else sum(lps),
+        return {"answer": pair["answer"], "path_ok": True, "vllm_tokens": lps,
+                "vllm_sum": None if lps is None else sum(lps),
                 "hf_tokens": pair["hf_tokens"], "hf_sum": sum(pair["hf_tokens"])}
 
     once = [vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)] * len(pairs)

@@ -1,7 +1,8 @@
 """Sequential recommenders on one interface: the graph modality of TMF and its baselines.
 
 ``build_model(name, params, DatasetSpec.from_dataset(ds))`` builds a registered model
-(sasrec, gru4rec, bert4rec, mbht, dreamrec, mdsrec, m3bsr, bivrec); ``llmrec fit-graph`` trains, evaluates and exports it.
+(sasrec, gru4rec, bert4rec, mbht, dreamrec, mdsrec, m3bsr, bivrec); ``llmrec fit-graph`` trains, evaluates and
+exports it.
 See docs/graph_encoders.md.
 """
 

@@ -94,8 +94,9 @@ class SequenceBatcher:
         if windows == "rows":
             return self._training_row_windows(loss_on)
         if (getattr(self.dataset, "stats", None) or {}).get("presplit"):
-            log.warning("dataset %r is pre-split: windows=%s trains the transitions inside train-row histories, not the "
-                        "rows' targets; train.windows=rows trains on (history, target)", self.dataset.name, windows)
+            log.warning("dataset %r is pre-split: windows=%s trains the transitions inside train-row histories, "
+                        "not the rows' targets; train.windows=rows trains on (history, target)",
+                        self.dataset.name, windows)
         rows, no_transitions, no_loss = [], 0, 0
         span = self.max_len + 1
         for k, seq in enumerate(self.sequences):
@@ -116,7 +117,8 @@ class SequenceBatcher:
             raise ValueError(f"dataset {self.dataset.name!r}: no training window (every training part is too short)")
         if no_transitions or no_loss:
             log.info(
-                "training windows: %d kept; %d users have < 2 training interactions; %d windows have no target-behavior label",
+                "training windows: %d kept; %d users have < 2 training interactions; "
+                "%d windows have no target-behavior label",
                 len(rows), no_transitions, no_loss,
             )
         return TrainingWindows(np.asarray(rows, dtype=np.int64), no_transitions, no_loss)
@@ -148,7 +150,8 @@ class SequenceBatcher:
             else:
                 rows.append((r, max(0, len(items) - self.max_len - 1), len(items)))
         if not rows:
-            raise ValueError(f"dataset {self.dataset.name!r}: no training row with a history and a label (windows=rows)")
+            raise ValueError(f"dataset {self.dataset.name!r}: no training row with a history and a label "
+                             "(windows=rows)")
         if empty or no_loss:
             log.info("training rows: %d kept; %d have an empty history; %d have a target of another behavior",
                      len(rows), empty, no_loss)

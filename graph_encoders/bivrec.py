@@ -132,7 +132,8 @@ class BivRecConfig(ModelConfig):
         if not self.interest_init_std > 0:
             raise ConfigError(f"interest_init_std must be positive, got {self.interest_init_std}")
         if not 1 <= self.top_f <= min(self.interests):
-            raise ConfigError(f"top_f must be in 1..{min(self.interests)} (the smallest of interests), got {self.top_f}")
+            raise ConfigError(f"top_f must be in 1..{min(self.interests)} (the smallest of interests), "
+                              f"got {self.top_f}")
         for key in ("sigma_init", "temperature", "beta_init"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
@@ -307,7 +308,8 @@ class BivRec(SequentialRecommender):
                          "+".join(self.modalities))
             for m in self.modalities:
                 if tables[m].shape[0] != spec.n_items:
-                    raise ValueError(f"BivRec: the {m} table has {tables[m].shape[0]} rows, the dataset {spec.n_items} items")
+                    raise ValueError(f"BivRec: the {m} table has {tables[m].shape[0]} rows, "
+                                     f"the dataset {spec.n_items} items")
             features = torch.cat([tables[m].detach().float() for m in self.modalities], dim=1)
             # features are inputs, not weights: not saved with the model (fit-graph / load_run give them again)
             self.register_buffer("mm_features", features, persistent=False)
@@ -356,7 +358,8 @@ class BivRec(SequentialRecommender):
         return scores.amax(1)
 
     def losses(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
-        """The terms of Eq. 22: ``rec_<view>`` (Eq. 19-21) per view, ``contrast`` (Eq. 16-17), ``allocation`` (Eq. 18)."""
+        """The terms of Eq. 22: ``rec_<view>`` (Eq. 19-21) per view, ``contrast`` (Eq. 16-17),
+        ``allocation`` (Eq. 18)."""
         if batch.labels is None or batch.loss_mask is None:
             raise ValueError("loss() needs a training batch (labels and loss_mask)")
         mask = batch.loss_mask & (batch.labels > 0)
@@ -386,4 +389,5 @@ class BivRec(SequentialRecommender):
         rec_id, rec_mm = terms["rec_id"], terms["rec_mm"]
         weight = (rec_id / rec_mm).detach() if self.config.balance_views else 1.0
         cfg = self.config
-        return rec_id + weight * rec_mm + cfg.contrast_weight * terms["contrast"] + cfg.allocation_weight * terms["allocation"]
+        return (rec_id + weight * rec_mm + cfg.contrast_weight * terms["contrast"]
+                + cfg.allocation_weight * terms["allocation"])

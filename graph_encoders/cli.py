@@ -131,7 +131,8 @@ def fit_graph(config: FitGraphConfig, dataset: Any = None, progress: bool = True
             log.info("wrote %s", path)
     table_path = None
     if config.export:
-        table_path = export_embeddings(model, dataset, run_dir, {"best_epoch": state.best_epoch, "seed": config.train.seed})
+        table_path = export_embeddings(model, dataset, run_dir,
+                                       {"best_epoch": state.best_epoch, "seed": config.train.seed})
     metrics = {
         "model": config.model_name,
         "dataset": dataset.name,
@@ -193,7 +194,8 @@ def dataset_spec(config: FitGraphConfig, dataset: Any) -> DatasetSpec:
     for kind in wanted:
         log.info("%s input %s: %s", config.model_name, kind,
                  tuple(tables[kind].item.shape) if kind in tables else f"absent from {config.encode}")
-    return DatasetSpec.from_dataset(dataset, **{f"{kind}_table": tables[kind].item for kind in wanted if kind in tables})
+    return DatasetSpec.from_dataset(dataset,
+                                    **{f"{kind}_table": tables[kind].item for kind in wanted if kind in tables})
 
 
 def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecommender, Any, FitGraphConfig]:
@@ -207,7 +209,8 @@ def load_run(run_dir: str | Path, dataset: Any = None) -> tuple[SequentialRecomm
     if dataset is None:
         dataset = prepare(load_data_config(config.data, config.data_overrides))
     checkpoint = run_dir / CHECKPOINT_DIR
-    weights = next((checkpoint / f for f in ("best_model.safetensors", "model.safetensors") if (checkpoint / f).is_file()), None)
+    weights = next((checkpoint / f for f in ("best_model.safetensors", "model.safetensors")
+                    if (checkpoint / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{run_dir}: no trained weights under {checkpoint} (was train.checkpoint false?)")
     model = build_model(config.model_name, config.model_params, dataset_spec(config, dataset))

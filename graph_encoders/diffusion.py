@@ -74,8 +74,10 @@ class NoiseSchedule(nn.Module):
         alpha_bar = self._alpha_bar(t, x_t)
         return (x_t - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
-    def reverse_step(self, x_t: torch.Tensor, t: int, eps: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``h_{t-1} = (h_t - (1 - α_t) / sqrt(1 - ᾱ_t) ε̂) / sqrt(α_t)`` (+ ``σ_t z`` when ``noise`` is given, t > 1)."""
+    def reverse_step(self, x_t: torch.Tensor, t: int, eps: torch.Tensor,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``h_{t-1} = (h_t - (1 - α_t) / sqrt(1 - ᾱ_t) ε̂) / sqrt(α_t)``
+        (+ ``σ_t z`` when ``noise`` is given, t > 1)."""
         self._check(t)
         alpha, alpha_bar = self.alphas[t - 1], self.alpha_bars[t - 1]
         mean = (x_t - (1.0 - alpha) / (1.0 - alpha_bar).sqrt() * eps) / alpha.sqrt()
@@ -147,7 +149,8 @@ class ConditionalDenoiser(nn.Module):
         self.output = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x_t`` ``[B, L, d]``, ``t`` long ``[B, L]``, ``condition`` ``[B, Lc, d]``, ``mask`` ``[B, L, Lc]`` → ``ε̂``."""
+        """``x_t`` ``[B, L, d]``, ``t`` long ``[B, L]``, ``condition`` ``[B, Lc, d]``, ``mask`` ``[B, L, Lc]``
+        → ``ε̂``."""
         h = self.input(x_t) + self.time(t)
         h = h + self.attention(self.norm_attention(h), condition, mask)
         h = h + self.feed_forward(self.norm_feed_forward(h))

@@ -13,7 +13,8 @@ layer and a user embedding:
   along the feature axis (Eq. 16); one learnable query cross-attends over them (Eq. 17-20,
   :class:`graph_encoders.layers.LearnedQueryAttention`), giving **one vector per sequence**.
 * Input (Eq. 21-22): ``S = E_x + E_u' + E_pos + A_cross`` at every position, then
-  ``H = ReLU(S W_proj + b_proj)`` (``input_projection: false`` skips it: ``H = S``, an ablation). Behavior enters through MBHT's behavior embedding:
+  ``H = ReLU(S W_proj + b_proj)`` (``input_projection: false`` skips it: ``H = S``, an ablation).
+  Behavior enters through MBHT's behavior embedding:
   ``H + E_b``, then MBHT's LayerNorm and dropout; this replaces MBHT's §3.1.1 context
   embedding and feeds its multi-scale Transformer view. The hypergraph view (§3.6,
   Eq. 23-24) is MBHT's, on the item embeddings.
@@ -69,7 +70,8 @@ class DreamRecConfig(MBHTConfig):
     modality_dropout: float | None = None  # dropout inside the modality branches (Eq. 12-15); None = dropout
     input_projection: bool = True  # ReLU(S W_proj + b_proj) of Eq. 22; false = S as is (MBHT's sum of embeddings)
     # init of W_proj (the report gives none): "normal" = the project's truncated normal, std 0.02, which shrinks S
-    # ~9x at d = 64 (0.02·sqrt(d)·sqrt(1/2)), below E_b; "kaiming" = He normal for ReLU (std sqrt(2/d)): H keeps S's scale
+    # ~9x at d = 64 (0.02·sqrt(d)·sqrt(1/2)), below E_b; "kaiming" = He normal for ReLU (std sqrt(2/d)):
+    # H keeps S's scale
     projection_init: Literal["normal", "kaiming"] = "normal"
 
     def validate(self) -> None:
@@ -86,7 +88,8 @@ class DreamRecConfig(MBHTConfig):
         if self.projection_init not in ("normal", "kaiming"):
             raise ConfigError(f"projection_init must be normal or kaiming, got {self.projection_init!r}")
         if self.behavior_loss_weight > 0 and self.cut_after_target:
-            raise ConfigError("behavior_loss_weight > 0 needs cut_after_target: false (labels are the window's behaviors)")
+            raise ConfigError("behavior_loss_weight > 0 needs cut_after_target: false "
+                              "(labels are the window's behaviors)")
 
 
 @register_model("dreamrec")
@@ -116,7 +119,8 @@ class DreamRec(MBHT):
         for name in self.branches:
             table = tables[name].detach().float()
             if table.shape[0] != spec.n_items:
-                raise ValueError(f"DreamRec: the {name} table has {table.shape[0]} rows, the dataset {spec.n_items} items")
+                raise ValueError(f"DreamRec: the {name} table has {table.shape[0]} rows, "
+                                 f"the dataset {spec.n_items} items")
             # features are inputs, not weights: not saved with the model (fit-graph / load_run give them again)
             self.register_buffer(f"{name}_features", table, persistent=False)
             self.register_buffer(f"{name}_present", table.abs().sum(1) > 0, persistent=False)

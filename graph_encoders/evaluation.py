@@ -155,13 +155,15 @@ def evaluate_split(
                     f"item {cands.items[row, cands.target_index[row]]}, but the target is {targets[row - start]}"
                 )
             item_tensor = torch.as_tensor(items, device=device)
-            scores = all_scores.gather(1, item_tensor) if all_scores is not None else model.score_candidates(batch, item_tensor)
+            scores = (all_scores.gather(1, item_tensor) if all_scores is not None
+                      else model.score_candidates(batch, item_tensor))
             scores = scores.float().cpu().numpy()
             if proto.name in kept:
                 kept[proto.name][start:stop] = scores
             totals.add(candidate_ranking_metrics(scores, target_index, proto.ks), stop - start, proto.name)
         if all_scores is not None:
             exclude = batcher.seen_items(users[start:stop], positions[start:stop])
-            totals.add(full_ranking_metrics(all_scores.float().cpu().numpy(), targets, exclude, config.full_ks), stop - start, "full")
+            totals.add(full_ranking_metrics(all_scores.float().cpu().numpy(), targets, exclude, config.full_ks),
+                       stop - start, "full")
     model.train(was_training)
     return SplitEvaluation(totals.means(n), candidate_sets, kept)

@@ -21,17 +21,20 @@ TABLE_FILE = "embeddings.safetensors"
 
 
 @torch.no_grad()
-def embedding_table(model: SequentialRecommender, dataset: Any, extra_metadata: dict[str, Any] | None = None) -> EmbeddingTable:
+def embedding_table(model: SequentialRecommender, dataset: Any,
+                    extra_metadata: dict[str, Any] | None = None) -> EmbeddingTable:
     """The model's embeddings with metadata (model, config, dataset fingerprint, id maps)."""
     item = model.item_embeddings().detach().float().cpu()
     if item.shape[0] != dataset.n_items:
-        raise ValueError(f"{model.name}: item_embeddings() has {item.shape[0]} rows, dataset has {dataset.n_items} items")
+        raise ValueError(f"{model.name}: item_embeddings() has {item.shape[0]} rows, "
+                         f"dataset has {dataset.n_items} items")
     behavior = model.behavior_embeddings()
     if behavior is not None:
         behavior = behavior.detach().float().cpu()
         if behavior.shape[0] != dataset.n_behaviors:
             raise ValueError(
-                f"{model.name}: behavior_embeddings() has {behavior.shape[0]} rows, dataset has {dataset.n_behaviors} behaviors"
+                f"{model.name}: behavior_embeddings() has {behavior.shape[0]} rows, "
+                f"dataset has {dataset.n_behaviors} behaviors"
             )
     metadata = {
         "model": model.name,
@@ -44,7 +47,8 @@ def embedding_table(model: SequentialRecommender, dataset: Any, extra_metadata: 
         "dim": int(item.shape[1]),
         **(extra_metadata or {}),
     }
-    return EmbeddingTable(item=item, item_mask=torch.ones(item.shape[0], dtype=torch.bool), behavior=behavior, metadata=metadata)
+    return EmbeddingTable(item=item, item_mask=torch.ones(item.shape[0], dtype=torch.bool), behavior=behavior,
+                          metadata=metadata)
 
 
 def export_embeddings(

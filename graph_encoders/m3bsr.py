@@ -80,7 +80,8 @@ VIEWS = ("click", "favor")
 class M3BSRConfig(ModelConfig):
     """M³BSR settings; defaults are the paper's where it gives them (see docs/m3bsr.md)."""
 
-    hidden_size: int = 64  # d; the paper searches {64, 128, 256, 512} (ID 16, CLIP 512): 64 keeps CPU training practical
+    # d; the paper searches {64, 128, 256, 512} (ID 16, CLIP 512): 64 keeps CPU training practical
+    hidden_size: int = 64
     max_len: int = 50  # window L (the paper keeps the 50 newest records)
     dropout: float = 0.2  # not given in the paper
     use_behaviors: bool = False  # behaviors enter as the click / favour views; must stay false
@@ -213,11 +214,13 @@ class M3BSR(SequentialRecommender):
 
     def _register_views(self, config: M3BSRConfig, spec: DatasetSpec) -> None:
         """Bool tables over behavior index + 1 (0 = padding): which behaviors form the click / favour view."""
-        chosen = {"click": config.click_behaviors if config.click_behaviors is not None else list(range(spec.n_behaviors)),
+        chosen = {"click": (config.click_behaviors if config.click_behaviors is not None
+                            else list(range(spec.n_behaviors))),
                   "favor": config.favor_behaviors if config.favor_behaviors is not None else [spec.target_behavior]}
         for view, indices in chosen.items():
             if max(indices) >= spec.n_behaviors:
-                raise ConfigError(f"model.{view}_behaviors {indices}: the dataset has behaviors 0..{spec.n_behaviors - 1}")
+                raise ConfigError(f"model.{view}_behaviors {indices}: "
+                                  f"the dataset has behaviors 0..{spec.n_behaviors - 1}")
             table = torch.zeros(spec.n_behaviors + 1, dtype=torch.bool)
             table[torch.tensor(indices) + 1] = True
             self.register_buffer(f"{view}_table", table, persistent=False)
@@ -283,7 +286,8 @@ class M3BSR(SequentialRecommender):
         ``draw`` picks the eval-mode start noise (see :meth:`_eval_noise`); training ignores it.
         """
         valid = batch.valid
-        member = {"click": self.click_table[batch.behaviors] & valid, "favor": self.favor_table[batch.behaviors] & valid}
+        member = {"click": self.click_table[batch.behaviors] & valid,
+                  "favor": self.favor_table[batch.behaviors] & valid}
         length = batch.items.shape[1]
         past = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
         noisy_start = not self.training and self.config.eval_start == "noise"
@@ -304,7 +308,8 @@ class M3BSR(SequentialRecommender):
         for c, m in enumerate(self.modality_names if self.denoise_behavior else []):  # Eq. 11-13
             chain = None if noise is None else noise[len(self.modal) + c]
             clicks[m], loss = self._diffuse(self.behavior_denoisers[m], self.behavior_schedule, features[m],
-                                            features[m] * member["favor"][..., None], favor_keys, member["click"], chain)
+                                            features[m] * member["favor"][..., None], favor_keys, member["click"],
+                                            chain)
             losses["behavior"] = losses["behavior"] + loss
         views = {"click": {m: clicks[m] * member["click"][..., None] for m in self.modality_names},
                  "favor": {m: features[m] * member["favor"][..., None] for m in self.modality_names}}
@@ -334,14 +339,16 @@ class M3BSR(SequentialRecommender):
 
     def states(self, batch: SeqBatch, draw: int = 0) -> tuple[torch.Tensor, list[torch.Tensor],
                                                                dict[str, torch.Tensor]]:
-        """``(y [B, L, d] (Eq. 22), expert outputs (h_common first), auxiliary losses)``; ``draw`` as in :meth:`views`."""
+        """``(y [B, L, d] (Eq. 22), expert outputs (h_common first), auxiliary losses)``;
+        ``draw`` as in :meth:`views`."""
         views, member, losses = self.views(batch, draw)
         valid = batch.valid
         joined = {v: torch.cat([views[v][m] for m in self.modality_names], dim=-1) for v in VIEWS}
         click, favor = (self.view_inputs[v](joined[v]) for v in VIEWS)  # Eq. 14-15
         length = click.shape[1]
         past = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-        share = click + self.share_attention(self.share_norm(click), favor, member["favor"][:, None, :] & past)  # Eq. 16
+        share = click + self.share_attention(self.share_norm(click), favor,
+                                             member["favor"][:, None, :] & past)  # Eq. 16
         common = self.common_expert(self._positional(share), valid, causal=True)  # Eq. 17
         specific = [self._expert(self.experts[f"{v}_{m}"], self._positional(views[v][m]), member[v], valid)
                     for v in VIEWS for m in self.modality_names]  # Eq. 18-19
@@ -392,7 +399,8 @@ class M3BSR(SequentialRecommender):
         return self.score_all(batch).gather(1, candidates)
 
     def loss_terms(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
-        """``main`` (Eq. 24), ``contrast`` (Eq. 20), ``modality`` (Eq. 10), ``behavior`` (Eq. 13) and ``total`` (Eq. 25).
+        """``main`` (Eq. 24), ``contrast`` (Eq. 20), ``modality`` (Eq. 10), ``behavior`` (Eq. 13)
+        and ``total`` (Eq. 25).
 
         The diffusion terms are 0 in eval mode (no noise is sampled there).
         """

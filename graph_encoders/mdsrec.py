@@ -373,7 +373,8 @@ class MDSRec(SequentialRecommender):
                 sequence = sequence.gather(1, positions[..., None].expand(-1, -1, sequence.shape[-1]))
             if self.config.centralized_attention:
                 logits = torch.einsum("bld,blkd->blk", sequence, centers)
-                noise = None if not self.training or self.config.selection_noise == "none" else self.config.selection_noise
+                noise = (None if not self.training or self.config.selection_noise == "none"
+                         else self.config.selection_noise)
                 gamma = relaxed_selection(logits, self.config.temperature, noise)  # Eq. 19
                 sequence = sequence + torch.einsum("blk,blkd->bld", gamma, centers)  # Eq. 18
             centred[m] = sequence

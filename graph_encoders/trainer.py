@@ -73,7 +73,8 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if "/" not in self.monitor:
-            raise ConfigError(f"monitor {self.monitor!r} must look like '<protocol>/<metric>@<k>', e.g. 'pop100/NDCG@10'")
+            raise ConfigError(f"monitor {self.monitor!r} must look like '<protocol>/<metric>@<k>', "
+                              "e.g. 'pop100/NDCG@10'")
 
 
 @dataclass
@@ -159,7 +160,8 @@ class Trainer:
                 self.save_checkpoint()
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-            log.info("restored the best weights (epoch %d, %s %.4f)", self.state.best_epoch, cfg.monitor, self.state.best_metric)
+            log.info("restored the best weights (epoch %d, %s %.4f)", self.state.best_epoch, cfg.monitor,
+                     self.state.best_metric)
         return self.state
 
     def _train_epoch(self, epoch: int, steps: int) -> float:
@@ -187,7 +189,8 @@ class Trainer:
     def _update_best(self, metrics: dict[str, float], epoch: int) -> None:
         cfg = self.config
         if cfg.monitor not in metrics:
-            raise ConfigError(f"train.monitor {cfg.monitor!r} is not an evaluation metric; available: {sorted(metrics)}")
+            raise ConfigError(f"train.monitor {cfg.monitor!r} is not an evaluation metric; "
+                              f"available: {sorted(metrics)}")
         value = metrics[cfg.monitor]
         if value > self.state.best_metric + cfg.min_delta:
             self.state.best_metric, self.state.best_epoch, self.state.bad_evaluations = value, epoch, 0

@@ -48,7 +48,8 @@ def save_table(path: str | Path, table: EmbeddingTable) -> Path:
     item = table.item.detach().to(torch.float32).contiguous().cpu()
     mask = table.item_mask.detach().to(torch.bool).contiguous().cpu()
     if item.ndim != 2 or mask.shape != (item.shape[0],):
-        raise ValueError(f"{path}: expected item [n, d] and item_mask [n], got {tuple(item.shape)} and {tuple(mask.shape)}")
+        raise ValueError(f"{path}: expected item [n, d] and item_mask [n], "
+                         f"got {tuple(item.shape)} and {tuple(mask.shape)}")
     tensors = {"item": item, "item_mask": mask}
     if table.behavior is not None:
         tensors["behavior"] = table.behavior.detach().to(torch.float32).contiguous().cpu()

@@ -82,7 +82,8 @@ def test_config_loads_and_has_a_run_comment(path, monkeypatch):
     loader = _loader_for(path)
     assert loader is not None, f"{path}: no loader registered in tests/test_every_config.py"
     assert loader(path) is not None
-    header = "".join(line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)[:12] if line.startswith("#"))
+    header = "".join(line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)[:12]
+                     if line.startswith("#"))
     assert any(word in header for word in ("Run:", "run:", "launch", "python ", "llmrec ", "make ")), (
         f"{path}: the header comment should give the command that runs it")
 
@@ -121,7 +122,8 @@ ROW_CHANGES_SHOP_ONLY = {name.replace("_shop.yaml", "_shop_category_first.yaml")
 ROW_CHANGES_SHOP_ONLY["ablations/tmf_full_shop_category_first.yaml"] = CATEGORY_FIRST
 # The ML-100k table: the same rows against tmf_full_ml100k.yaml (no images there: no separate AMSA-only row).
 ROW_CHANGES.update({
-    name.replace("_shop", "_ml100k"): {k: (v.replace("_shop", "_ml100k") if isinstance(v, str) else v) for k, v in change.items()}
+    name.replace("_shop", "_ml100k"): {k: (v.replace("_shop", "_ml100k") if isinstance(v, str) else v)
+                                       for k, v in change.items()}
     for name, change in ROW_CHANGES.items() if "item_tokens_amsa" not in name and "_off_" not in name
 })
 ROW_CHANGES.update(ROW_CHANGES_SHOP_ONLY)

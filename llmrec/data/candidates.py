@@ -54,7 +54,8 @@ def candidate_path(root: Path, split: str, sampler: str, size: int, seed: int) -
 
 def candidate_rng(split: str, sampler: str, size: int, seed: int) -> np.random.Generator:
     """The generator of one candidate set, seeded by its whole key."""
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), zlib.crc32(sampler.encode()), size]))
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()),
+                                                         zlib.crc32(sampler.encode()), size]))
 
 
 def _column(dataset: SequenceDataset, split: str, name: str) -> np.ndarray:
@@ -93,7 +94,8 @@ def _first_occurrences(rows: np.ndarray) -> np.ndarray:
     return first
 
 
-def _top_popular_rows(users: np.ndarray, n_neg: int, n_items: int, keys: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+def _top_popular_rows(users: np.ndarray, n_neg: int, n_items: int, keys: np.ndarray,
+                      popularity: np.ndarray) -> np.ndarray:
     """The fixed top-``n_neg`` list in every row, -1 where the row's user interacted with the item."""
     top = np.argsort(-popularity, kind="stable")[:n_neg]
     rows = np.broadcast_to(top, (users.size, n_neg)).copy()
@@ -119,7 +121,8 @@ def _sample_negatives(
         if cdf is None:
             draws = rng.integers(0, n_items, size=(pending.size, width))
         else:
-            draws = np.minimum(np.searchsorted(cdf, rng.random((pending.size, width)) * cdf[-1], side="right"), n_items - 1)
+            draws = np.minimum(np.searchsorted(cdf, rng.random((pending.size, width)) * cdf[-1], side="right"),
+                               n_items - 1)
         rows = np.concatenate([chosen[pending], draws], axis=1)
         ok = (rows >= 0) & ~_is_interacted(users[pending], rows, keys, n_items) & _first_occurrences(rows)
         order = np.argsort(~ok, axis=1, kind="stable")[:, :n_neg]
@@ -170,7 +173,8 @@ def sample_candidates(dataset: SequenceDataset, split: str, sampler: str, size: 
         return _top_popular_rows(block_users, n_neg, dataset.n_items, keys, popularity)
 
     negatives = [
-        _sample_negatives(rng, users[s:s + BLOCK_ROWS], n_neg, dataset.n_items, keys, weights, start(users[s:s + BLOCK_ROWS]))
+        _sample_negatives(rng, users[s:s + BLOCK_ROWS], n_neg, dataset.n_items, keys, weights,
+                          start(users[s:s + BLOCK_ROWS]))
         for s in tqdm(blocks, desc=f"candidates {split}/{sampler}/{size}", unit="block", disable=len(blocks) < 4)
     ]
     negatives = np.concatenate(negatives) if negatives else np.empty((0, n_neg), dtype=np.int64)
@@ -202,7 +206,8 @@ def read_candidates(path: Path, split: str, sampler: str, size: int, seed: int, 
         table = pa.ipc.open_file(source).read_all()
     items = table.column("items").combine_chunks().flatten().to_numpy().reshape(-1, size) if size else np.empty((0, 0))
     if items.shape[0] != n_rows:
-        raise DataError(f"{path}: holds {items.shape[0]} rows but split {split!r} has {n_rows} samples; delete the file")
+        raise DataError(f"{path}: holds {items.shape[0]} rows but split {split!r} has {n_rows} samples; "
+                        "delete the file")
     target_index = table.column("target_index").to_numpy()
     return CandidateSet(split, sampler, size, seed, items.astype(np.int64), target_index.astype(np.int64), path)
 

@@ -148,7 +148,8 @@ class DataConfig:
     def validate(self) -> None:
         """Cross-field checks; raises :class:`ConfigError` naming the key."""
         if not _SAFE_NAME.match(self.name):
-            raise ConfigError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the cache folder)")
+            raise ConfigError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-' "
+                              "(it names the cache folder)")
         if self.source != "synthetic" and not self.path:
             raise ConfigError(f"path: required for source {self.source!r}")
         if not self.behaviors or self.target_behavior is None:
@@ -176,13 +177,15 @@ class DataConfig:
             if not self.rating_behaviors:
                 raise ConfigError("rating_behaviors: required when columns.behavior is null and columns.rating is set")
         if (self.source == "llara") != (self.llara_dataset is not None):
-            raise ConfigError(f"llara_dataset: {self.llara_dataset!r}; set it (movielens, steam, lastfm) exactly for source llara")
+            raise ConfigError(f"llara_dataset: {self.llara_dataset!r}; set it (movielens, steam, lastfm) "
+                              "exactly for source llara")
         if not self.llara_splits or any(s not in SPLITS for s in self.llara_splits):
             raise ConfigError(f"llara_splits: {self.llara_splits!r}; expected a non-empty list from {list(SPLITS)}")
         if self.k_core < 1:
             raise ConfigError(f"k_core: {self.k_core} must be >= 1 (1 disables the filter)")
         if self.min_target_interactions < 2:
-            raise ConfigError(f"min_target_interactions: {self.min_target_interactions} must be >= 2 (validation + test)")
+            raise ConfigError(f"min_target_interactions: {self.min_target_interactions} must be >= 2 "
+                              "(validation + test)")
         if self.max_history < 1:
             raise ConfigError(f"max_history: {self.max_history} must be >= 1")
         seen = set()
@@ -211,8 +214,10 @@ def expand_env(value: str, key: str) -> str:
     def _sub(match: re.Match) -> str:
         var = match.group(1)
         if var not in os.environ:
-            hint = " (the folder holding the datasets, e.g. export LLMREC_DATA_DIR=/path/to/data)" if var == "LLMREC_DATA_DIR" else ""
-            raise ConfigError(f"{key}: {value!r} uses ${{{var}}} but the environment variable {var} is not set; set it{hint}")
+            hint = (" (the folder holding the datasets, e.g. export LLMREC_DATA_DIR=/path/to/data)"
+                    if var == "LLMREC_DATA_DIR" else "")
+            raise ConfigError(f"{key}: {value!r} uses ${{{var}}} but the environment variable {var} is not set; "
+                              f"set it{hint}")
         return os.environ[var]
 
     return _ENV_VAR.sub(_sub, value)

@@ -76,7 +76,8 @@ def verify(path: Path, size: int, sha256: str) -> None:
     """Raise :class:`DataError` unless ``path`` has the expected size and sha256."""
     actual_size = path.stat().st_size
     if actual_size != size:
-        raise DataError(f"{path}: {actual_size} bytes, expected {size}; the download is incomplete or not the official file")
+        raise DataError(f"{path}: {actual_size} bytes, expected {size}; "
+                        "the download is incomplete or not the official file")
     digest = file_sha256(path)
     if digest != sha256:
         raise DataError(f"{path}: sha256 {digest}, expected {sha256}; not the official file")

@@ -85,7 +85,8 @@ OFFICIAL_SHA256 = {
 PICKLE_GLOBALS = {
     ("builtins", "slice"), ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.frame", "DataFrame"),
     ("pandas.core.indexes.base", "_new_Index"), ("pandas.core.indexes.base", "Index"),
     ("pandas.core.indexes.range", "RangeIndex"), ("pandas.core.internals.managers", "BlockManager"),
@@ -121,7 +122,8 @@ def llara_input_files(cfg: DataConfig) -> list[Path]:
         if not path.is_file():
             hint = ""
             if path.name == "train_data.df":
-                hint = (f"; the shared llara-ref copy has no {cfg.llara_dataset} train file: put the official one there "
+                hint = (f"; the shared llara-ref copy has no {cfg.llara_dataset} train file: "
+                        "put the official one there "
                         f"(it is checked against its sha256) or set llara_splits: [valid, test] to evaluate only")
             raise DataError(f"{path}: file not found (data config {cfg.name!r}, source llara){hint}")
     return files
@@ -144,7 +146,8 @@ def read_llara_pickle(path: Path) -> pd.DataFrame:
         with path.open("rb") as handle:
             frame = _DataFrameUnpickler(handle).load()
     except pickle.UnpicklingError as err:
-        raise DataError(f"{path}: not a pickled pandas DataFrame of LLaRA's layout ({err}); refusing to load it") from None
+        raise DataError(f"{path}: not a pickled pandas DataFrame of LLaRA's layout ({err}); "
+                        "refusing to load it") from None
     except Exception as err:  # truncated or corrupt pickles raise many types
         raise DataError(f"{path}: cannot unpickle ({type(err).__name__}: {err})") from None
     if not isinstance(frame, pd.DataFrame):
@@ -177,7 +180,8 @@ def _entry(value: Any, layout: LlaraLayout, where: str, column: str) -> tuple[in
     if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
         raise DataError(f"{where}: `{column}` entry {value!r} is not an integer item id")
     if not 0 <= int(item) <= layout.padding:
-        raise DataError(f"{where}: `{column}` item {int(item)} is outside 0..{layout.padding} (padding {layout.padding})")
+        raise DataError(f"{where}: `{column}` item {int(item)} is outside 0..{layout.padding} "
+                        f"(padding {layout.padding})")
     return int(item), None if rating is None else int(rating)
 
 
@@ -296,7 +300,8 @@ def load_llara(cfg: DataConfig) -> PresplitRows:
         records += rows
         where += places
     if not records:
-        raise DataError(f"{cfg.resolve_path('path')}: no row with len_seq >= {MIN_LEN_SEQ} in {[f.name for f in files[:-1]]}")
+        raise DataError(f"{cfg.resolve_path('path')}: no row with len_seq >= {MIN_LEN_SEQ} "
+                        f"in {[f.name for f in files[:-1]]}")
     catalog = _names(cfg, files[-1])
     dropped = sum(counts[f"{split}_rows_len_seq_below_{MIN_LEN_SEQ}"] for split in cfg.llara_splits)
     return PresplitRows(pd.DataFrame.from_records(records), where, catalog, counts, dropped)

@@ -280,7 +280,8 @@ def _movielens_catalog(
         for t, g, d in zip(titles, genres, dates)
     ]
     frame = pd.DataFrame({"item_id": ids, "title": titles, "text": text, "category": genres, "release_date": dates})
-    catalog, filled = build_catalog(frame, path, 0, {"item_id": "item_id", "title": "title", "text": "text", "category": "category"})
+    catalog, filled = build_catalog(frame, path, 0,
+                                    {"item_id": "item_id", "title": "title", "text": "text", "category": "category"})
     catalog["release_date"] = frame["release_date"].to_numpy()
     return catalog, filled
 
@@ -337,7 +338,8 @@ def load_taobao(cfg: DataConfig) -> RawData:
     path = _taobao_file(cfg)
     with path.open("rb") as handle:
         has_header = handle.readline().startswith(b"user_id")
-    frame = read_text_table(path, header=has_header, names=None if has_header else TAOBAO_COLUMNS, encoding=cfg.encoding)
+    frame = read_text_table(path, header=has_header, names=None if has_header else TAOBAO_COLUMNS,
+                            encoding=cfg.encoding)
     require_columns(frame, path, {f"taobao column {c}": c for c in TAOBAO_COLUMNS})
     header = int(has_header)
     codes = behavior_codes(frame["behavior_type"], path, header, cfg.behaviors, cfg.behavior_map)
@@ -352,7 +354,8 @@ def load_taobao(cfg: DataConfig) -> RawData:
         "text": ("category " + firsts["category"]).to_numpy(),
         "category": firsts["category"].to_numpy(),
     })
-    catalog, _ = build_catalog(items, path, header, {"item_id": "item_id", "title": "title", "text": "text", "category": "category"})
+    catalog, _ = build_catalog(items, path, header,
+                               {"item_id": "item_id", "title": "title", "text": "text", "category": "category"})
     return RawData(interactions, catalog, {"items_with_several_categories": several})
 
 
@@ -366,7 +369,8 @@ def load_synthetic(cfg: DataConfig) -> RawData:
     items = read_text_table(items_path)
     extras = [c for c in items.columns if c not in ("item_id", "title", "text", "image", "category")]
     catalog, filled = build_catalog(
-        items, items_path, 1, {"item_id": "item_id", "title": "title", "text": "text", "image": "image", "category": "category"},
+        items, items_path, 1,
+        {"item_id": "item_id", "title": "title", "text": "text", "image": "image", "category": "category"},
         image_root=items_path.parent,
     )
     for column in extras:

@@ -110,7 +110,8 @@ def build(cfg: DataConfig, fp: str, root: Path, start: float) -> None:
     stats: dict[str, Any] = {
         "name": cfg.name, "source": cfg.source, "fingerprint": fp, "behaviors": names,
         "target_behavior": cfg.target_behavior,
-        "raw": interaction_counts(events["user_id"].to_numpy(), events["item_id"].to_numpy(), events["behavior"].to_numpy(), names),
+        "raw": interaction_counts(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                                  events["behavior"].to_numpy(), names),
     }
     events, n_dup = drop_duplicates(events)
     catalog, events, catalog_counts = _filtered_catalog(raw, events)
@@ -145,7 +146,8 @@ def build(cfg: DataConfig, fp: str, root: Path, start: float) -> None:
         "duplicate_interactions": n_dup,
         **catalog_counts,
         **removal_totals(pass_dicts),
-        "catalog_items_without_interactions": int((pd.Index(pd.unique(events["item_id"])).get_indexer(catalog["item_id"]) < 0).sum()),
+        "catalog_items_without_interactions": int((pd.Index(pd.unique(events["item_id"]))
+                                                   .get_indexer(catalog["item_id"]) < 0).sum()),
         "filter_passes": pass_dicts,
     }
     stats["loader"] = raw.counts

@@ -104,7 +104,8 @@ def read_rows(path: Path) -> tuple[pd.DataFrame, list[str]]:
             raise DataError(f"{path}: not a readable Parquet file ({err})") from None
         where = [f"{path}: row {r + 1}" for r in range(len(frame))]
     else:
-        raise DataError(f"{path}: pre-split samples must be JSON lines (.jsonl) or Parquet (.parquet), not {path.suffix!r}")
+        raise DataError(f"{path}: pre-split samples must be JSON lines (.jsonl) or Parquet (.parquet), "
+                        f"not {path.suffix!r}")
     if frame.empty:
         raise DataError(f"{path}: the file has no rows")
     require_columns(frame, path, {"samples column split": "split", "samples column history": "history",
@@ -220,7 +221,8 @@ def build_presplit(cfg: DataConfig, rows: PresplitRows, fp: str, root: Path, sta
                          test_pos=lengths[order].astype(np.int64))
     target_pos = offsets[:-1] + lengths[order]
     bounds = np.concatenate([[0], np.cumsum([(splits == s).sum() for s in SPLITS])])
-    samples = {s: sample_table(seqs, target_pos[bounds[k]:bounds[k + 1]], cfg.max_history) for k, s in enumerate(SPLITS)}
+    samples = {s: sample_table(seqs, target_pos[bounds[k]:bounds[k + 1]], cfg.max_history)
+               for k, s in enumerate(SPLITS)}
     in_split = np.empty(n, dtype=np.int64)
     for k, s in enumerate(SPLITS):
         in_split[order[bounds[k]:bounds[k + 1]]] = np.arange(bounds[k + 1] - bounds[k])
@@ -228,7 +230,8 @@ def build_presplit(cfg: DataConfig, rows: PresplitRows, fp: str, root: Path, sta
     item_catalog = catalog.set_index("item_id").loc[item_ids].reset_index()
 
     stats = _stats(cfg, rows, fp, splits, lengths, users, seqs, samples, given, item_catalog, catalog_counts, start)
-    index = {"user_ids": user_ids, "item_ids": item_ids, "behaviors": cfg.behaviors, "target_behavior": cfg.target_behavior}
+    index = {"user_ids": user_ids, "item_ids": item_ids, "behaviors": cfg.behaviors,
+             "target_behavior": cfg.target_behavior}
     save_prepared(root, cfg, index, seqs, samples, item_catalog, stats)
     if given:  # written after the folder is committed; prepare() refuses a folder that lost it
         arrays = {}
@@ -244,7 +247,8 @@ def build_presplit(cfg: DataConfig, rows: PresplitRows, fp: str, root: Path, sta
         atomic_write(root / GIVEN_CANDIDATES_FILE, write)
 
 
-def _behavior_codes(cfg: DataConfig, rows: PresplitRows, history: list[list[str]]) -> tuple[list[np.ndarray], np.ndarray]:
+def _behavior_codes(cfg: DataConfig, rows: PresplitRows,
+                    history: list[list[str]]) -> tuple[list[np.ndarray], np.ndarray]:
     """Per row the history behavior codes, and the target behavior codes."""
     frame = rows.frame
     lookup = {name: i for i, name in enumerate(cfg.behaviors)}
@@ -264,7 +268,8 @@ def _behavior_codes(cfg: DataConfig, rows: PresplitRows, history: list[list[str]
             if _is_missing(names):
                 raise DataError(f"{rows.where[r]}: no `history_behaviors` although other rows have them")
             if not isinstance(names, (list, tuple)) or len(names) != len(history[r]):
-                raise DataError(f"{rows.where[r]}: `history_behaviors` has {len(names) if isinstance(names, (list, tuple)) else names!r}"
+                raise DataError(f"{rows.where[r]}: `history_behaviors` has "
+                                f"{len(names) if isinstance(names, (list, tuple)) else names!r}"
                                 f" entries but `history` has {len(history[r])}; they must be aligned")
             codes.append(np.array([code(v, r, "history_behaviors") for v in names], dtype=np.int64))
     else:
@@ -319,8 +324,8 @@ def _given_candidates(rows: PresplitRows, splits: np.ndarray, targets: list[str]
                 raise DataError(f"{rows.where[r]}: {len(ids)} candidates, but {rows.where[members[0]]} has {size}; "
                                 f"every {split} row needs the same number")
             if ids.count(targets[r]) != 1:
-                raise DataError(f"{rows.where[r]}: the candidates {ids[:SHOWN]}{'...' if size > SHOWN else ''} hold the "
-                                f"target {targets[r]!r} {ids.count(targets[r])} times; expected exactly once")
+                raise DataError(f"{rows.where[r]}: the candidates {ids[:SHOWN]}{'...' if size > SHOWN else ''} "
+                                f"hold the target {targets[r]!r} {ids.count(targets[r])} times; expected exactly once")
             if len(set(ids)) != size:
                 raise DataError(f"{rows.where[r]}: the candidates repeat an item ({size - len(set(ids))} repeats)")
         out[split] = lists
@@ -332,7 +337,8 @@ def _catalog(rows: PresplitRows, seen: np.ndarray) -> tuple[pd.DataFrame, dict[s
         unused = int((pd.Index(seen).get_indexer(rows.catalog["item_id"]) < 0).sum())
         return rows.catalog, {"catalog_items_in_no_row": unused}
     ids = [str(i) for i in seen]
-    catalog = pd.DataFrame({"item_id": ids, "title": ["item " + i for i in ids], "text": "", "image": None, "category": ""})
+    catalog = pd.DataFrame({"item_id": ids, "title": ["item " + i for i in ids], "text": "", "image": None,
+                            "category": ""})
     return catalog, {"catalog_items_in_no_row": 0}
 
 
@@ -389,7 +395,8 @@ def _stats(cfg: DataConfig, rows: PresplitRows, fp: str, splits: np.ndarray, len
         "filtered": counts,
         "sequence_length": length_summary(np.diff(seqs.offsets)),
         "samples": {s: samples[s].num_rows for s in SPLITS},
-        "history_length": {s: length_summary(np.diff(samples[s].column("history_items").combine_chunks().offsets.to_numpy()))
+        "history_length": {s: length_summary(np.diff(samples[s].column("history_items").combine_chunks()
+                                                     .offsets.to_numpy()))
                            for s in SPLITS},
         "catalog": catalog_stats,
         "config": to_dict(cfg),
@@ -415,11 +422,12 @@ def save_given_candidates(dataset: SequenceDataset, cfg: DataConfig) -> None:
     with np.load(path) as arrays:
         matrices = {split: arrays[f"{split}.items"] for split in given}
     for split, size in given.items():
-        keys = [(i, spec.sampler, spec.size, spec.seed) for i, spec in enumerate(cfg.candidates) if split in spec.splits]
+        keys = [(i, spec.sampler, spec.size, spec.seed) for i, spec in enumerate(cfg.candidates)
+                if split in spec.splits]
         for i, _, spec_size, _ in keys:
             if spec_size != size:
-                raise ConfigError(f"candidates[{i}]: size {spec_size} for split {split!r}, but the pre-split file brings "
-                                  f"frozen candidate lists of {size} for that split; set size: {size}")
+                raise ConfigError(f"candidates[{i}]: size {spec_size} for split {split!r}, but the pre-split file "
+                                  f"brings frozen candidate lists of {size} for that split; set size: {size}")
         items = matrices[split]
         targets = np.asarray(dataset.samples[split].data.column("target").to_numpy(), dtype=np.int64)
         target_index = np.argmax(items == targets[:, None], axis=1).astype(np.int64)
@@ -428,6 +436,7 @@ def save_given_candidates(dataset: SequenceDataset, cfg: DataConfig) -> None:
             if out.is_file():
                 continue
             save_candidates(CandidateSet(split, sampler, size, seed, items, target_index), out, dataset.fingerprint)
-            log.info("%s: the file's %s candidates (%d rows x %d) saved as %s", dataset.name, split, len(items), size, out)
+            log.info("%s: the file's %s candidates (%d rows x %d) saved as %s",
+                     dataset.name, split, len(items), size, out)
 
 

@@ -58,12 +58,14 @@ def parse_timestamps(values: pd.Series, path: Path, header_lines: int | None, fm
                 f"{where(path, row, header_lines)}: timestamp {values.iloc[row]!r} is not a number "
                 f"({int(bad.sum())} rows); set `timestamp_format:` for text dates"
             )
-        return np.floor(numbers.to_numpy(dtype=float)).astype(np.int64) if numbers.dtype.kind == "f" else numbers.to_numpy(np.int64)
+        return (np.floor(numbers.to_numpy(dtype=float)).astype(np.int64) if numbers.dtype.kind == "f"
+                else numbers.to_numpy(np.int64))
     parsed = pd.to_datetime(values, format=fmt, errors="coerce", utc=True)
     bad = parsed.isna().to_numpy()
     if bad.any():
         row = _first_bad(bad)
-        raise DataError(f"{where(path, row, header_lines)}: timestamp {values.iloc[row]!r} does not match format {fmt!r}")
+        raise DataError(f"{where(path, row, header_lines)}: timestamp {values.iloc[row]!r} "
+                        f"does not match format {fmt!r}")
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 

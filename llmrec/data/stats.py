@@ -22,7 +22,8 @@ import pandas as pd
 IMAGE_URLS_KEY = "catalog_image_urls_not_fetched"  # loader count: catalog items whose image is an http(s) URL
 
 
-def interaction_counts(users: np.ndarray, items: np.ndarray, behaviors: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+def interaction_counts(users: np.ndarray, items: np.ndarray, behaviors: np.ndarray,
+                       names: Sequence[str]) -> dict[str, Any]:
     """Users, items, interactions and the count per behavior name."""
     per = np.bincount(np.asarray(behaviors, dtype=np.int64), minlength=len(names))
     return {

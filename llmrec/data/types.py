@@ -79,7 +79,8 @@ class SequenceDataset:
     user_ids: list[str]  # internal user index -> raw user id
     behaviors: list[str]  # ordered weakest first
     target_behavior: str
-    catalog: Any  # pandas.DataFrame, one row per internal item, column item_id first, then title, text, image, category ...
+    # pandas.DataFrame, one row per internal item, column item_id first, then title, text, image, category ...
+    catalog: Any
     sequences: list[UserSequence]
     samples: dict[str, Any]  # split -> datasets.Dataset with SAMPLE_COLUMNS
     stats: dict[str, Any] = field(default_factory=dict)

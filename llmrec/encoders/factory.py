@@ -48,6 +48,7 @@ def _build_clip(cfg: EncodeConfig, kind: str, normalize: bool) -> ItemEncoder:
                                device=cfg.device, normalize=normalize, weights_cache_dir=c.weights_cache_dir)
 
     if c.pretrained is not None:
-        raise ValueError("clip.pretrained is an open_clip setting; for hf_clip put the folder or hub name in clip.model")
+        raise ValueError("clip.pretrained is an open_clip setting; "
+                         "for hf_clip put the folder or hub name in clip.model")
     return HFClipEncoder(c.model, allow_random_init=c.allow_random_init, seed=c.seed, device=cfg.device,
                          normalize=normalize)

@@ -83,9 +83,11 @@ class OpenClipEncoder(ItemEncoder):
             folder = Path(ref[len("local-dir:"):]).expanduser()
             config = folder / "open_clip_config.json"
             if not config.is_file():
-                raise WeightsNotFoundError(f"clip.model {self.model_ref!r}: {config} not found. " + HOW_TO_PROVIDE_WEIGHTS)
+                raise WeightsNotFoundError(f"clip.model {self.model_ref!r}: {config} not found. "
+                                           + HOW_TO_PROVIDE_WEIGHTS)
             if self.pretrained is not None:
-                raise ValueError(f"clip.pretrained={self.pretrained!r} is ignored with a local-dir: model; set it to null")
+                raise ValueError(f"clip.pretrained={self.pretrained!r} is ignored with a local-dir: model; "
+                                 "set it to null")
             if has_weight_files(folder):
                 return f"local-dir:{folder}", None, folder_fingerprint(folder), True
             return f"local-dir:{folder}", None, self._random_fingerprint(config.read_bytes()), False

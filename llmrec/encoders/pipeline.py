@@ -83,7 +83,8 @@ def run_encoding(cfg: EncodeConfig, dataset: SequenceDataset,
     if "image" in cfg.modalities:
         column = cfg.image.column
         if column not in dataset.catalog.columns:
-            reason = f"the catalog of {dataset.name!r} has no {column!r} column (columns: {list(dataset.catalog.columns)})"
+            reason = (f"the catalog of {dataset.name!r} has no {column!r} column "
+                      f"(columns: {list(dataset.catalog.columns)})")
             logger.warning("image modality absent: %s", reason)
             run.absent["image"] = reason
         else:
@@ -100,7 +101,8 @@ def cache_folder(cfg: EncodeConfig, dataset: SequenceDataset) -> Path:
     if cfg.cache_dir is not None:
         return Path(cfg.cache_dir)
     if dataset.root is None:
-        raise ValueError(f"dataset {dataset.name!r} has no cache folder (root is None); set cache_dir in the encode config")
+        raise ValueError(f"dataset {dataset.name!r} has no cache folder (root is None); "
+                         "set cache_dir in the encode config")
     return Path(dataset.root) / "embeddings"
 
 
@@ -170,7 +172,8 @@ def _cached(modality: str, cfg: EncodeConfig, dataset: SequenceDataset, encoder:
     start = time.perf_counter()
     input_fp = _hash(inputs)
     # the floats depend on the CPU kernels (AVX2 / AVX512, kernel-limiting variables): a table encoded under other
-    # kernels is another table (docs/encoders.md "Tables and the cache"), so a run under ATEN_CPU_CAPABILITY=avx2 & co. re-encodes
+    # kernels is another table (docs/encoders.md "Tables and the cache"), so a run under ATEN_CPU_CAPABILITY=avx2
+    # & co. re-encodes
     kernels = kernel_settings()
     key = _hash({"format": CACHE_FORMAT, "modality": modality, "encoder": encoder.name,
                  "settings": encoder.describe(), "weights": encoder.weights_fingerprint(),

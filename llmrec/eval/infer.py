@@ -292,7 +292,8 @@ def make_generator(cfg: InferConfig, model: Any, tokenizer_collator: Any, answer
 
 def rank_prompts(cfg: InferConfig, model: Any, answer_collator: Any, renderer: Any, prompts: list[Any],
                  autocast: torch.dtype | None, progress: bool = True) -> np.ndarray:
-    """``[n_prompts, C]`` candidate log-likelihoods under the run's autocast (``cfg.rank_batch_size``, ``rank_method``)."""
+    """``[n_prompts, C]`` candidate log-likelihoods under the run's autocast
+    (``cfg.rank_batch_size``, ``rank_method``)."""
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         return candidate_log_likelihoods(model, answer_collator, renderer, prompts, cfg.rank_batch_size, progress,

@@ -141,7 +141,8 @@ def run_rerank(cfg: InferConfig, dataset: Any, tables: Any, retrieval: Retrieval
     if cfg.protocol != "rerank" or cfg.mode not in ("rank", "auto"):
         raise ValueError(f"run_rerank needs protocol: rerank and mode: rank, got {cfg.protocol!r} / {cfg.mode!r}")
     if retrieval.split != cfg.split or retrieval.k != cfg.rerank.k:
-        raise ValueError(f"retrieval is {retrieval.split}/k={retrieval.k}; the config asks {cfg.split}/k={cfg.rerank.k}")
+        raise ValueError(f"retrieval is {retrieval.split}/k={retrieval.k}; "
+                         f"the config asks {cfg.split}/k={cfg.rerank.k}")
     checkpoint, train_cfg, task = resolve_run(cfg)
     if checkpoint is None and cfg.output is None:
         raise ValueError("a zero-shot re-ranking needs an explicit output path")

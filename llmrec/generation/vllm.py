@@ -422,7 +422,8 @@ class VLLMGenerator:
         embedding forward pass; ``vllm.chunk_size`` prompts (times C requests) go to the engine at once."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if self.answer_collator is None or not self.answer_collator.with_answer or self.answer_collator.renderer is None:
+        if (self.answer_collator is None or not self.answer_collator.with_answer
+                or self.answer_collator.renderer is None):
             raise ValueError("vLLM ranking needs answer_collator=TMFCollator(..., renderer, with_answer=True)")
         if self.lora is not None:
             raise ValueError("vLLM ranking with vllm.merge_lora=false (LoRARequest) is not supported: each scoring "

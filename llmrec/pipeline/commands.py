@@ -20,7 +20,8 @@ from llmrec.train.loop import train
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """``llmrec train --config FILE [--config PROFILE ...] [key=value ...] [--resume auto|latest|DIR] [--stop-after N]``."""
+    """``llmrec train --config FILE [--config PROFILE ...] [key=value ...] [--resume auto|latest|DIR]
+    [--stop-after N]``."""
     parser = argparse.ArgumentParser(prog="llmrec train", description="Fine-tune TMF (LoRA + adaptors).")
     add_config_arguments(parser, config_help="a configs/tmf_*.yaml recipe", print_config=True, layered=True,
                          overrides_example="optimizer.lr=1e-4 max_steps=50")
@@ -74,8 +75,8 @@ def rerank_retriever(cfg: InferConfig) -> str:
 def infer_main(argv: list[str] | None = None) -> int:
     """``llmrec infer [--config FILE] [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="llmrec infer", description="Predict for test users: generate and/or "
-                                     "rank the frozen candidates with a TMF checkpoint (or a zero-shot LLM), or re-rank a "
-                                     "recommender's top K of the catalog (protocol=rerank).")
+                                     "rank the frozen candidates with a TMF checkpoint (or a zero-shot LLM), or "
+                                     "re-rank a recommender's top K of the catalog (protocol=rerank).")
     add_config_arguments(parser, config_help="a configs/infer/*.yaml file (optional)", required=False,
                          print_config=True, overrides_example="checkpoint=runs/x mode=generate")
     args = parser.parse_args(argv)

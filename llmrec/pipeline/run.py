@@ -111,8 +111,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.yaml")
     train_cfg = load_train_config(cfg.recipe, [*cfg.recipe_overrides, f"output_dir={out / 'tmf'}"])
-    text_cfg = load_train_config(cfg.recipe, [*cfg.recipe_overrides, f"output_dir={out / 'text_only'}",
-                                              "curriculum.fixed_task=easy", "eval.task=easy"]) if cfg.text_only else None
+    text_cfg = (load_train_config(cfg.recipe, [*cfg.recipe_overrides, f"output_dir={out / 'text_only'}",
+                                               "curriculum.fixed_task=easy", "eval.task=easy"])
+                if cfg.text_only else None)
 
     graph_cfgs = [load_config(FitGraphConfig, path) for path in cfg.baselines]
     for path, graph_cfg in zip(cfg.baselines, graph_cfgs):
@@ -198,7 +199,8 @@ def rule_rows(dataset: Any, split: str, ranked: Path) -> dict[str, dict[str, flo
     out = {}
     for name, scores in rule_scores(dataset, split, items, rows).items():
         ranks = target_ranks(scores, target)
-        out[f"rule: {name}"] = {"HitRate@1 (rank)": float((ranks <= 1).mean()), "HR@3 (rank)": float((ranks <= 3).mean())}
+        out[f"rule: {name}"] = {"HitRate@1 (rank)": float((ranks <= 1).mean()),
+                                "HR@3 (rank)": float((ranks <= 3).mean())}
     return out
 
 

@@ -188,13 +188,15 @@ def _saved_graph_config(path: Path) -> Any:
 
 
 def with_behaviors_of(graph: EmbeddingTable | None, source: EmbeddingTable, behavior_config: str) -> EmbeddingTable:
-    """``graph`` with ``source``'s behavior table (a recipe's ``behavior_config``); the origin goes into its metadata."""
+    """``graph`` with ``source``'s behavior table (a recipe's ``behavior_config``); the origin goes into its
+    metadata."""
     if graph is None:
         raise ConfigError(f"behavior_config: {behavior_config} gives behavior vectors for the graph modality, "
                           "but the recipe has no graph_config")
     if source.behavior is None:
         raise ConfigError(f"behavior_config: the {source.metadata.get('model')} run of {behavior_config} exported no "
-                          "behavior table (MBHT and DreamRec do; SASRec/GRU4Rec/BERT4Rec with model.use_behaviors=true)")
+                          "behavior table (MBHT and DreamRec do; "
+                          "SASRec/GRU4Rec/BERT4Rec with model.use_behaviors=true)")
     if source.metadata.get("behaviors") != graph.metadata.get("behaviors"):
         raise ConfigError(f"behavior_config: {behavior_config} has behaviors {source.metadata.get('behaviors')}, the "
                           f"graph table {graph.metadata.get('behaviors')}")
@@ -216,5 +218,6 @@ def ensure_inputs(cfg: Any) -> tuple[SequenceDataset, Any]:
     tables = ModalityTables(text=item_tables.get("text"), image=item_tables.get("image"), graph=graph)
     for name in ("image", "text", "graph"):
         table = getattr(tables, name)
-        log.info("modality %s: %s", name, "absent (zero rows, mask False)" if table is None else tuple(table.item.shape))
+        log.info("modality %s: %s", name,
+                 "absent (zero rows, mask False)" if table is None else tuple(table.item.shape))
     return dataset, tables

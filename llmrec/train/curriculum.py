@@ -161,7 +161,8 @@ class CurriculumSampler:
         differing = [key for key, value in to_dict(saved).items() if to_dict(self.cfg)[key] != value]
         if differing:
             message = (f"curriculum state was saved with different settings for {differing}: saved "
-                       f"{ {k: to_dict(saved)[k] for k in differing} }, now { {k: to_dict(self.cfg)[k] for k in differing} }")
+                       f"{ {k: to_dict(saved)[k] for k in differing} }, "
+                       f"now { {k: to_dict(self.cfg)[k] for k in differing} }")
             if strict:
                 raise ValueError(message + "; the resumed task sequence would differ (pass strict=False to accept)")
             logger.warning("%s; keeping the current settings", message)

@@ -6,7 +6,8 @@
 One optimizer step (one iteration tau of Eq. 12-14) = ``gradient_accumulation_steps`` micro-batches
 per process. Its task comes from :class:`llmrec.train.curriculum.CurriculumSampler`: one draw per step,
 shared by all its micro-batches and processes (or one draw per sample with ``per_sample``); the rows
-come from the epoch's batch plan, the paraphrase from a generator seeded by ``(seed, epoch, row)``. Everything is a function of (seed, step), so
+come from the epoch's batch plan, the paraphrase from a generator seeded by ``(seed, epoch, row)``. Everything
+is a function of (seed, step), so
 ``--resume`` continues a run exactly: the checkpoint stores the step, the plan position, the
 curriculum counts, the optimizer and the RNG states (used by dropout).
 

@@ -1,4 +1,5 @@
-"""Pure pieces of the training loop: learning-rate schedule, length-grouped batch plans, precision and DeepSpeed setup."""
+"""Pure pieces of the training loop: learning-rate schedule, length-grouped batch plans, precision and DeepSpeed
+setup."""
 
 from __future__ import annotations
 

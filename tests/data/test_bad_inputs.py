@@ -39,7 +39,8 @@ def test_unknown_behavior_names_row_value_and_allowed_values(tmp_path):
     assert f"{log}: row 8 (line 9)" in msg and "'click'" in msg and "['buy', 'cart', 'view']" in msg
     # behavior_map accepts the raw value
     cfg = generic_config(tmp_path, log, "k_core=1", "behavior_map={click: view}")
-    assert prepare(cfg).stats["raw"]["per_behavior"]["view"] == sum(r[2] == "view" for r in GOOD) + (GOOD[7][2] != "view")
+    assert (prepare(cfg).stats["raw"]["per_behavior"]["view"]
+            == sum(r[2] == "view" for r in GOOD) + (GOOD[7][2] != "view"))
 
 
 def test_non_numeric_timestamp_names_file_and_row(tmp_path):
@@ -57,7 +58,8 @@ def test_text_timestamps_with_a_format(tmp_path):
     assert ds.sequences[0].timestamps[0] == min(t for u, _, _, t in GOOD if u == "u0")
 
 
-@pytest.mark.parametrize("content, expected", [("", "the file is empty"), ("user_id,item_id,behavior,timestamp\n", "the file has no data rows")])
+@pytest.mark.parametrize("content, expected", [("", "the file is empty"),
+                                               ("user_id,item_id,behavior,timestamp\n", "the file has no data rows")])
 def test_empty_files(tmp_path, content, expected):
     log = tmp_path / "log.csv"
     log.write_text(content)

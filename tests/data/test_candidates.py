@@ -10,7 +10,8 @@ from llmrec.data.candidates import candidate_path, load_candidates, sample_candi
 
 from .conftest import generic_config, random_log, write_log
 
-SPEC = "candidates=[{splits: [train, valid, test], sampler: uniform, size: 12, seed: 3}, {splits: [test], sampler: popularity, size: 12, seed: 3}]"
+SPEC = ("candidates=[{splits: [train, valid, test], sampler: uniform, size: 12, seed: 3}, "
+        "{splits: [test], sampler: popularity, size: 12, seed: 3}]")
 
 
 def test_candidate_properties(random_log_config):

@@ -56,8 +56,10 @@ def test_config_errors_name_the_key(overrides, message):
 
 def test_unset_environment_variable_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("LLMREC_DATA_DIR", raising=False)
-    cfg = load_data_config(None, ["name=m", "source=ml100k", "path=${LLMREC_DATA_DIR}/ml-100k", f"cache_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"path: .* uses \$\{LLMREC_DATA_DIR\} but the environment variable LLMREC_DATA_DIR is not set"):
+    cfg = load_data_config(None, ["name=m", "source=ml100k", "path=${LLMREC_DATA_DIR}/ml-100k",
+                                  f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=(r"path: .* uses \$\{LLMREC_DATA_DIR\} but the environment variable "
+                                           r"LLMREC_DATA_DIR is not set")):
         prepare(cfg)
     monkeypatch.setenv("LLMREC_DATA_DIR", str(tmp_path))
     assert cfg.resolve_path("path") == tmp_path / "ml-100k"

@@ -90,11 +90,13 @@ def test_lastfm_rows_render_as_prompts_with_their_frozen_candidates(lastfm):
     assert len(prompt.candidates) == 20
 
 
-@pytest.mark.parametrize("name, valid, test, dropped", [("movielens", 94, 95, (0, 0)), ("steam", 1_184, 1_186, (10, 8))])
+@pytest.mark.parametrize("name, valid, test, dropped",
+                         [("movielens", 94, 95, (0, 0)), ("steam", 1_184, 1_186, (10, 8))])
 def test_movielens_and_steam_import_for_evaluation(tmp_path, name, valid, test, dropped):
     ds = prepare(llara_config(name, tmp_path))
     assert {s: len(t) for s, t in ds.samples.items()} == {"train": 0, "valid": valid, "test": test}
-    assert (ds.stats["loader"]["valid_rows_len_seq_below_3"], ds.stats["loader"]["test_rows_len_seq_below_3"]) == dropped
+    assert (ds.stats["loader"]["valid_rows_len_seq_below_3"],
+            ds.stats["loader"]["test_rows_len_seq_below_3"]) == dropped
     assert load_candidates(ds, "test", "uniform", 20, 0).items.shape == (test, 20)
     if name == "movielens":  # (item, rating) tuples; LLaRA id k is MovieLens id k + 1 (u.item line k + 1)
         assert ds.item_titles()[0] == "Toy Story (1995)" and ds.catalog["movielens_id"].iloc[0] == "1"
@@ -111,7 +113,8 @@ def _copy(name: str, tmp_path: Path) -> Path:
 
 
 def test_missing_train_file_says_what_to_do(tmp_path):
-    with pytest.raises(DataError, match=r"train_data.df: file not found.*no movielens train file.*sha256.*llara_splits"):
+    with pytest.raises(DataError,
+                       match=r"train_data.df: file not found.*no movielens train file.*sha256.*llara_splits"):
         prepare(llara_config("movielens", tmp_path, "llara_splits=[train, valid, test]"))
 
 
@@ -131,7 +134,8 @@ def test_a_user_supplied_train_file_is_checked_against_the_official_sha256(tmp_p
     (pd.DataFrame({"seq": [[1] * 10], "len_seq": [3], "next": [2], "user": [0]}),
      r"columns \['len_seq', 'next', 'seq', 'user'\]; LLaRA's files have exactly"),
     (pd.DataFrame({"seq": [[1] * 10], "len_seq": [3.0], "next": [2]}), r"len_seq has dtype float64, expected integers"),
-    (pd.DataFrame({"seq": [[1, 2, 3] + [4606] * 6], "len_seq": [3], "next": [2]}), r"row 1: `seq` is .*expected a list of 10"),
+    (pd.DataFrame({"seq": [[1, 2, 3] + [4606] * 6], "len_seq": [3], "next": [2]}),
+     r"row 1: `seq` is .*expected a list of 10"),
     (pd.DataFrame({"seq": [[1, 2, 4606, 4606] + [4606] * 6], "len_seq": [3], "next": [2]}),
      r"row 1: `seq` .* does not hold len_seq=3 items followed by padding 4606"),
 ])

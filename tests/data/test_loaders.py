@@ -62,7 +62,8 @@ def test_csv_parquet_and_jsonl_give_the_same_dataset(tmp_path):
         cfg = _config(tmp_path, "name=tiny", f"source={fmt}", f"path={tmp_path / f'log.{fmt}'}",
                       "behaviors=[view, cart, buy]", "target_behavior=buy", "k_core=2")
         ds = prepare(cfg)
-        results.append((ds.user_ids, ds.item_ids, ds.samples["test"].to_list(), ds.samples["train"].to_list(), ds.fingerprint))
+        results.append((ds.user_ids, ds.item_ids, ds.samples["test"].to_list(), ds.samples["train"].to_list(),
+                        ds.fingerprint))
     assert results[0][:4] == results[1][:4] == results[2][:4]
     assert len({r[4] for r in results}) == 3  # different input bytes -> different cache folders
 

@@ -102,7 +102,8 @@ def test_candidate_size_must_match_the_configured_key(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"split": "dev"}, r"rows.jsonl: line 2: unknown split 'dev' \(1 rows.*expected one of \['train', 'valid', 'test'\]"),
+    ({"split": "dev"},
+     r"rows.jsonl: line 2: unknown split 'dev' \(1 rows.*expected one of \['train', 'valid', 'test'\]"),
     ({"history": []}, r"rows.jsonl: line 2: empty history"),
     ({"target": "i99"}, r"rows.jsonl: line 2: item 'i99' is not in the item catalog .*1 references to 1 unknown ids"),
     ({"history": ["i1", "zz"]}, r"rows.jsonl: line 2 `history` 'zz'"),

@@ -48,16 +48,22 @@ def test_sequences_tie_break_and_leave_one_out(tmp_path):
 
     # train: every buy before the validation target with a non-empty history, newest 2 history events
     assert _rows(ds, "train") == [
-        {"user": 0, "history_items": [A], "history_behaviors": [VIEW], "target": B, "target_behavior": BUY, "position": 1},
-        {"user": 0, "history_items": [B, C], "history_behaviors": [BUY, VIEW], "target": D, "target_behavior": BUY, "position": 3},
+        {"user": 0, "history_items": [A], "history_behaviors": [VIEW], "target": B, "target_behavior": BUY,
+         "position": 1},
+        {"user": 0, "history_items": [B, C], "history_behaviors": [BUY, VIEW], "target": D, "target_behavior": BUY,
+         "position": 3},
     ]
     assert _rows(ds, "valid") == [
-        {"user": 0, "history_items": [D, E], "history_behaviors": [BUY, CART], "target": F, "target_behavior": BUY, "position": 5},
-        {"user": 1, "history_items": [A], "history_behaviors": [VIEW], "target": C, "target_behavior": BUY, "position": 1},
+        {"user": 0, "history_items": [D, E], "history_behaviors": [BUY, CART], "target": F, "target_behavior": BUY,
+         "position": 5},
+        {"user": 1, "history_items": [A], "history_behaviors": [VIEW], "target": C, "target_behavior": BUY,
+         "position": 1},
     ]
     assert _rows(ds, "test") == [
-        {"user": 0, "history_items": [E, F], "history_behaviors": [CART, BUY], "target": G, "target_behavior": BUY, "position": 6},
-        {"user": 1, "history_items": [A, C], "history_behaviors": [VIEW, BUY], "target": B, "target_behavior": BUY, "position": 2},
+        {"user": 0, "history_items": [E, F], "history_behaviors": [CART, BUY], "target": G, "target_behavior": BUY,
+         "position": 6},
+        {"user": 1, "history_items": [A, C], "history_behaviors": [VIEW, BUY], "target": B, "target_behavior": BUY,
+         "position": 2},
     ]
     removed = ds.stats["removed"]
     assert removed["users_empty_valid_history"] == 1 and removed["users_few_targets"] == 1

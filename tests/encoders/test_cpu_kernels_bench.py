@@ -39,7 +39,8 @@ def test_every_setting_encodes_and_every_pair_is_compared(tmp_path):
     data = kit.write_shop_data_config(tmp_path / "data.yaml", "cpu-kernels-shop", tmp_path / "cache")
     config = tmp_path / "encode.yaml"
     config.write_text(yaml.safe_dump({"data": str(data), "progress": False, "image": {"kind": "none"},
-                                      "text": {"kind": "sentence_transformer", "model": None, "template": ["{title}"]}}))
+                                      "text": {"kind": "sentence_transformer", "model": None,
+                                               "template": ["{title}"]}}))
     out = tmp_path / "out"
     assert bench.main(["--config", str(config), "--out", str(out), "--tables", str(tmp_path / "tables")]) == 0
     report = json.loads((out / "cpu_kernels.json").read_text())

@@ -19,7 +19,8 @@ def in_repo(monkeypatch):
 @pytest.mark.slow
 def test_ml100k_titles_and_toy_story_neighbours(llmrec_data_dir, tmp_path, capsys, in_repo):
     args = ["encode", "--config", "configs/encode/ml100k_text.yaml", "--show-neighbors", "Toy Story (1995)",
-            f"cache_dir={tmp_path / 'emb'}", "progress=false", "batch_size=128"]  # data: the shared content-addressed cache
+            # data: the shared content-addressed cache
+            f"cache_dir={tmp_path / 'emb'}", "progress=false", "batch_size=128"]
     assert llmrec_main(args) == 0
     out = capsys.readouterr().out
     table = load_table(next((tmp_path / "emb").glob("text-*.safetensors")))

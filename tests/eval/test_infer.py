@@ -76,7 +76,8 @@ def test_llmrec_infer_and_evaluate_commands(tmp_path, peaked_lm_dir, shop, capsy
     data_config = tmp_path / "data.yaml"
     data_config.write_text(yaml.safe_dump({
         "name": "tmf-test-shop", "source": "synthetic", "synthetic": {"n_users": 24, "n_items": 40},
-        "max_history": 6, "cache_dir": str(shop.root.parent), "candidates": [{"splits": ["valid", "test"], "size": 5}]}))
+        "max_history": 6, "cache_dir": str(shop.root.parent),
+        "candidates": [{"splits": ["valid", "test"], "size": 5}]}))
     checkpoint = save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000003", peaked_lm_dir, ModalityTables(),
                                  f"data_config={data_config}", "curriculum.fixed_task=easy")
     (checkpoint / "trainer_state.json").write_text("{}")

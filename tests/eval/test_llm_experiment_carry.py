@@ -16,7 +16,8 @@ def experiment(bench_script):
 def write(path: Path, fingerprint: str, popular: list[int], session: list[int]) -> Path:
     path.write_text(json.dumps({"fingerprint": fingerprint, "candidate_file": "x/test-uniform-n10-seed0.arrow",
                                 "rows": {"LLaRA": {"HR@1": 0.5, "target_ranks": [1, 2, 1]},
-                                         "popular": {"target_ranks": popular}, "session category": {"target_ranks": session}}}))
+                                         "popular": {"target_ranks": popular},
+                                         "session category": {"target_ranks": session}}}))
     return path
 
 
@@ -48,9 +49,11 @@ def test_every_experiment_row_has_a_recipe_and_the_category_first_table_its_titl
 def test_training_time_flags_a_paused_step_and_keeps_the_raw_sum(experiment, tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     seconds = [60.0, 58.0, 3600.0, 61.0, 59.0]  # step 3: the process was stopped for an hour inside it
-    metrics.write_text("".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) + "\n" for i, s in enumerate(seconds)))
+    metrics.write_text("".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) + "\n"
+                               for i, s in enumerate(seconds)))
     time = experiment.training_time(metrics)
     assert time["train_minutes"] == pytest.approx(sum(seconds) / 60)  # the raw sum is reported, not corrected
     assert time["paused_steps"] == [{"step": 3, "seconds": 3600.0, "median_seconds": 60.0}]
-    metrics.write_text("".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) + "\n" for i, s in enumerate([60.0, 90.0])))
+    metrics.write_text("".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) + "\n"
+                               for i, s in enumerate([60.0, 90.0])))
     assert experiment.training_time(metrics)["paused_steps"] == []  # a slow step is not a pause

@@ -46,7 +46,8 @@ def answer_collator(model, renderer, max_length=None):
     return TMFCollator(model.tokenizer, renderer, max_length, padding_side="right", with_answer=True)
 
 
-@pytest.mark.parametrize("method,attention", [("packed", "sdpa_gqa"), ("packed", "sdpa"), ("packed", "eager"), ("prefix", "sdpa_gqa")])
+@pytest.mark.parametrize("method,attention", [("packed", "sdpa_gqa"), ("packed", "sdpa"), ("packed", "eager"),
+                                              ("prefix", "sdpa_gqa")])
 def test_scores_equal_full_scores(lora_model, renderer, mixed_prompts, method, attention):
     collator = answer_collator(lora_model, renderer)
     answer_lengths = {len(collator._tokenize(" " + renderer.item_name(c), False))

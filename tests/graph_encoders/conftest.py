@@ -38,7 +38,8 @@ def make_tiny_dataset(n_users: int = 24, n_items: int = 30, length: int = 18, se
                 "target": int(items[pos]), "target_behavior": target, "position": pos,
             })
     samples = {split: Dataset.from_list(r) for split, r in rows.items()}
-    catalog = pd.DataFrame({"item_id": [str(i) for i in range(n_items)], "title": [f"item {i}" for i in range(n_items)]})
+    catalog = pd.DataFrame({"item_id": [str(i) for i in range(n_items)],
+                            "title": [f"item {i}" for i in range(n_items)]})
     return SequenceDataset(
         name="tiny", item_ids=[str(i) for i in range(n_items)], user_ids=[str(u) for u in range(n_users)],
         behaviors=list(BEHAVIORS), target_behavior="buy", catalog=catalog, sequences=sequences,

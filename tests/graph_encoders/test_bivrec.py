@@ -276,7 +276,8 @@ def test_each_variant_trains_and_scores(tiny_dataset, variant):
     params = VARIANTS[variant]
     model = build(spec_of(tiny_dataset), **params)
     batch = train_batch(tiny_dataset)
-    expected_terms = {f"rec_{v}" for v in params["views"]} | ({"contrast", "allocation"} if len(params["views"]) == 2 else set())
+    expected_terms = {f"rec_{v}" for v in params["views"]} | ({"contrast", "allocation"} if len(params["views"]) == 2
+                                                              else set())
     assert set(model.losses(batch)) == expected_terms
     assert set(model.towers) == set(params["views"])
     assert hasattr(model, "id_items") == ("id" in params["views"])
@@ -358,4 +359,5 @@ def test_fit_on_the_tiny_dataset_beats_chance():
     """A few epochs through the project's trainer and evaluator (frozen candidate sets)."""
     dataset = make_tiny_dataset(n_users=40)
     model = build(spec_of(dataset), dropout=0.1)
-    assert fit_and_full_hr5(model, dataset, TINY["max_len"], epochs=15) > 2 * 5 / dataset.n_items  # chance is 5/30 (measured: 0.45)
+    # chance is 5/30 (measured: 0.45)
+    assert fit_and_full_hr5(model, dataset, TINY["max_len"], epochs=15) > 2 * 5 / dataset.n_items

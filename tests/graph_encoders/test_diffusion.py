@@ -82,7 +82,8 @@ def test_condition_attention_with_no_visible_condition_is_the_null_read_out():
 
 def test_the_denoiser_removes_noise_from_a_conditioned_toy_signal():
     """Clean features are a fixed linear map of the condition; after training, the reverse chain brings
-    the noised features to less than half their distance from the clean ones than the start, and ε̂ beats the trivial guess."""
+    the noised features to less than half their distance from the clean ones than the start, and ε̂ beats the
+    trivial guess."""
     torch.manual_seed(0)
     d, schedule = 8, NoiseSchedule(10, 0.001, 0.1)
     mix = torch.randn(d, d) / math.sqrt(d)

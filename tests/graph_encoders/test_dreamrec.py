@@ -133,7 +133,8 @@ def test_input_projection_is_an_option(tiny_dataset):
     inputs = plain.dream_inputs(items, behaviors, batch.users)
     emb = plain.embedding
     positions = emb.positions(torch.arange(emb.max_len - items.shape[1], emb.max_len))
-    summed = emb.items(items) + positions[None] + plain.users(batch.users)[:, None] + plain.modality_vector(items)[:, None]
+    summed = (emb.items(items) + positions[None] + plain.users(batch.users)[:, None]
+              + plain.modality_vector(items)[:, None])
     torch.testing.assert_close(inputs, emb.norm(summed + emb.behaviors(behaviors)))
     assert torch.isfinite(plain.score_all(batch)).all()
 

@@ -1,4 +1,5 @@
-"""``llmrec.pipeline.stages.ensure_graph_run``: one run per (config, dataset), reused, predictions written without retraining."""
+"""``llmrec.pipeline.stages.ensure_graph_run``: one run per (config, dataset), reused, predictions written without
+retraining."""
 
 import logging
 

@@ -62,7 +62,8 @@ def test_small_sigma_attends_to_the_nearest_token_only():
     torch.testing.assert_close(out, own, rtol=1e-5, atol=1e-5)
     wide = GaussianAttention(8, 1, 0.0, sigma_init=100.0).eval()
     wide.load_state_dict({**attention.state_dict(), "sigma_raw": wide.sigma_raw.detach()})
-    assert not torch.allclose(wide(x, positions, attention_mask(torch.ones(2, 6, dtype=torch.bool), False)), own, atol=1e-3)
+    assert not torch.allclose(wide(x, positions, attention_mask(torch.ones(2, 6, dtype=torch.bool), False)), own,
+                              atol=1e-3)
 
 
 # ---- top-F filter and straight-through (Eq. 8, 10) ------------------------------------------
@@ -131,7 +132,8 @@ def test_visible_positions_see_only_their_tokens():
 
 
 def _printed_cluster_attention(layer: ClusterAttention, tokens: torch.Tensor, visible: torch.Tensor | None):
-    """Eq. 7-12 as printed, step by step (no noise: eval mode): ``W_k x · W_q c``, hard top-F, ``W_a W_v x`` per token."""
+    """Eq. 7-12 as printed, step by step (no noise: eval mode): ``W_k x · W_q c``, hard top-F, ``W_a W_v x`` per
+    token."""
     x = layer.norm(tokens)
     logits = layer.key(x) @ layer.query(layer.interests).T / math.sqrt(x.shape[-1])
     allocation = straight_through_top_f(torch.softmax(logits / layer.temperature, -1), layer.top_f)

@@ -120,7 +120,8 @@ def test_forward_shapes_and_candidate_scores(tiny_dataset):
         candidates = torch.randint(0, n, (b, 5), generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(model.score_candidates(batch, candidates), scores.gather(1, candidates))
         assert model.encode(batch).shape == (b, TINY["max_len"], 16)
-    assert list(model.modality_denoisers) == ["text", "image"] and list(model.behavior_denoisers) == ["id", "text", "image"]
+    assert (list(model.modality_denoisers) == ["text", "image"]
+            and list(model.behavior_denoisers) == ["id", "text", "image"])
     assert len(model.experts) == 6  # click / favour × id, text, image
 
 
@@ -221,7 +222,8 @@ def _denoised_cosine(model: M3BSR, batch: SeqBatch) -> float:
         clean = model._features(batch.items)["text"]
         views, _, _ = model.views(batch)
         member = model.favor_table[batch.behaviors] & batch.valid
-        return torch.nn.functional.cosine_similarity(views["favor"]["text"][member], clean[member], dim=-1).mean().item()
+        return torch.nn.functional.cosine_similarity(views["favor"]["text"][member], clean[member],
+                                                     dim=-1).mean().item()
 
 
 def test_normalized_diffusion_keeps_the_features_the_raw_one_drowns(tiny_dataset):

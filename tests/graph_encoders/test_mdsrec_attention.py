@@ -76,7 +76,8 @@ def test_center_update_matches_the_formula(scale, prefix):
 
     CenterUpdate._prefix_heads = staticmethod(spy)
     try:
-        got = two_layers(lambda c: update(attention, c, keys, mask, valid if prefix else None), attention, centers, keys)
+        got = two_layers(lambda c: update(attention, c, keys, mask, valid if prefix else None), attention, centers,
+                         keys)
     finally:
         CenterUpdate._prefix_heads = staticmethod(original)
     assert used == ([True] if prefix else [])  # the prefix path serves the shared centres only

@@ -19,7 +19,8 @@ from llmrec.eval.report import evaluate_predictions, read_predictions
 
 TINY_RUN = [
     "data=unused.yaml", "model={name: sasrec}", "model.hidden_size=16", "model.max_len=8", "train.epochs=2",
-    "train.num_threads=1", "train.batch_size=16", "eval.protocols=[{name: uni5, sampler: uniform, size: 5, ks: [1, 3]}]",
+    "train.num_threads=1", "train.batch_size=16",
+    "eval.protocols=[{name: uni5, sampler: uniform, size: 5, ks: [1, 3]}]",
     "eval.full_ks=[1, 5]", "train.monitor=uni5/NDCG@3",
 ]
 

@@ -10,7 +10,8 @@ from graph_encoders.trainer import StaleCheckpointError, TrainConfig, Trainer, s
 from llmrec.config import ConfigError, from_dict
 
 EVAL = EvalConfig(
-    protocols=[CandidateProtocol("pop5", "popularity", 5, 0, [1, 3]), CandidateProtocol("uni5", "uniform", 5, 0, [1, 3])],
+    protocols=[CandidateProtocol("pop5", "popularity", 5, 0, [1, 3]),
+               CandidateProtocol("uni5", "uniform", 5, 0, [1, 3])],
     full_ks=[1, 5], batch_size=7,  # several evaluation chunks
 )
 
@@ -18,7 +19,8 @@ EVAL = EvalConfig(
 def _trainer(dataset, run_dir=None, name="sasrec", **train):
     seed_everything(0)
     model = build_model(name, {"hidden_size": 16, "max_len": 8}, DatasetSpec.from_dataset(dataset))
-    config = TrainConfig(**{"num_threads": 1, "batch_size": 8, "learning_rate": 1e-2, "monitor": "pop5/NDCG@3", **train})
+    config = TrainConfig(**{"num_threads": 1, "batch_size": 8, "learning_rate": 1e-2, "monitor": "pop5/NDCG@3",
+                            **train})
     return Trainer(model, SequenceBatcher(dataset, 8), config, EVAL, run_dir=run_dir, progress=False)
 
 
@@ -32,7 +34,8 @@ def test_evaluate_reports_every_protocol_and_beats_chance(tiny_dataset):
     assert after["uni5/HR@1"] > 0.4  # chance is 0.2; the planted next-item rule is learnable
     assert after["full/HR@5"] > before["full/HR@5"]
     # chunked evaluation equals a single chunk
-    whole = evaluate(trainer.model, trainer.batcher, "valid", EvalConfig(EVAL.protocols, True, [1, 5], 1000), progress=False)
+    whole = evaluate(trainer.model, trainer.batcher, "valid", EvalConfig(EVAL.protocols, True, [1, 5], 1000),
+                     progress=False)
     assert all(abs(whole[k] - after[k]) < 1e-9 for k in whole)
 
 

@@ -4,4 +4,5 @@ from __future__ import annotations
 
 import tmf_testkit as kit  # registered by tests/conftest.py
 
-tokenizer, tiny_lm_dir, peaked_lm_dir, shop, tables = kit.tokenizer, kit.tiny_lm_dir, kit.peaked_lm_dir, kit.shop, kit.tables
+tokenizer, tiny_lm_dir, peaked_lm_dir, shop, tables = (kit.tokenizer, kit.tiny_lm_dir, kit.peaked_lm_dir, kit.shop,
+                                                       kit.tables)

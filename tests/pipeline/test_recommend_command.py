@@ -21,7 +21,8 @@ def text_only_run(tmp_path_factory, shop, peaked_lm_dir):
     data_config = folder / "data.yaml"
     data_config.write_text(yaml.safe_dump({
         "name": "tmf-test-shop", "source": "synthetic", "synthetic": {"n_users": 24, "n_items": 40},
-        "max_history": 6, "cache_dir": str(shop.root.parent), "candidates": [{"splits": ["valid", "test"], "size": 5}]}))
+        "max_history": 6, "cache_dir": str(shop.root.parent),
+        "candidates": [{"splits": ["valid", "test"], "size": 5}]}))
     return save_checkpoint(folder / "ckpt", peaked_lm_dir, ModalityTables(), f"data_config={data_config}",
                            "curriculum.fixed_task=easy")
 

@@ -150,5 +150,6 @@ def test_from_llmrec_import_recommender_is_the_only_heavy_import():
             "import graph_encoders.cli; from llmrec import Recommender; import llmrec; "
             "assert Recommender.__module__ == 'llmrec.pipeline.recommender'; assert dir(llmrec) == "
             "sorted(set(dir(llmrec))) and 'Recommender' in dir(llmrec); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900,
+                         check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

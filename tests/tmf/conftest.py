@@ -1,4 +1,5 @@
-"""Fixtures of the TMFModel tests: defined in tmf_testkit.py, shared with tests/train, tests/generation and tests/eval."""
+"""Fixtures of the TMFModel tests: defined in tmf_testkit.py, shared with tests/train, tests/generation and
+tests/eval."""
 
 from __future__ import annotations
 

@@ -223,7 +223,8 @@ def test_lm_sources_resolve_or_fail_clearly(tmp_path, tiny_lm_dir):
     embedded = resolve_source(LMConfig())
     assert embedded.is_gguf and embedded.gguf_file.endswith(".gguf")
     assert resolve_source(LMConfig(name_or_path=str(tiny_lm_dir))).gguf_file is None
-    assert resolve_source(LMConfig(name_or_path="meta-llama/Llama-2-7b-hf")).folder_or_name == "meta-llama/Llama-2-7b-hf"
+    assert (resolve_source(LMConfig(name_or_path="meta-llama/Llama-2-7b-hf")).folder_or_name
+            == "meta-llama/Llama-2-7b-hf")
     with pytest.raises(FileNotFoundError, match="without config.json"):
         resolve_source(LMConfig(name_or_path=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="GGUF file not found"):

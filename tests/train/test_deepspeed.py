@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_zero_stage_initializes_takes_steps_saves_and_resumes(tmp_path, tiny_lm_dir, shop, tables, stage,
                                                               deepspeed_rendezvous):
     cfg = load_train_config(None, [
-        f"output_dir={tmp_path / f'zero{stage}'}", f"model.lm.name_or_path={tiny_lm_dir}", "max_steps=3", "batch_size=4",
+        f"output_dir={tmp_path / f'zero{stage}'}", f"model.lm.name_or_path={tiny_lm_dir}", "max_steps=3",
+        "batch_size=4",
         "eval.every=-1", "train_candidates.size=5", "curriculum.fixed_task=hard", "precision=fp32",
         f"deepspeed_config={REPO / f'configs/deepspeed/zero{stage}.json'}"])
     trainer = Trainer(cfg, shop, tables)

@@ -45,7 +45,8 @@ def test_zero2_and_zero3_train_easy_and_medium_steps_alike(tmp_path, tiny_lm_dir
     for stage in (2, 3):
         cfg = load_train_config(None, [
             f"output_dir={tmp_path / f'zero{stage}'}", f"model.lm.name_or_path={tiny_lm_dir}", "max_steps=4",
-            "batch_size=4", "seed=1", "eval.every=-1", "train_candidates.size=5", "curriculum.t1=1", "curriculum.total=4",
+            "batch_size=4", "seed=1", "eval.every=-1", "train_candidates.size=5", "curriculum.t1=1",
+            "curriculum.total=4",
             f"curriculum.per_sample={str(per_sample).lower()}", "precision=fp32", "model.lora.dropout=0",
             "optimizer.lr=0.001", f"deepspeed_config={REPO / f'configs/deepspeed/zero{stage}.json'}"])
         AcceleratorState._reset_state(reset_partial_state=True)

@@ -152,7 +152,8 @@ def test_resume_names_the_config_keys_that_changed(tmp_path, tiny_lm_dir, shop, 
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
         caplog.clear()
-        again = tiny_config(tmp_path, tiny_lm_dir, "changed", "save_every=1", "eval.every=-1", "max_steps=3", *overrides)
+        again = tiny_config(tmp_path, tiny_lm_dir, "changed", "save_every=1", "eval.every=-1", "max_steps=3",
+                            *overrides)
         with caplog.at_level("WARNING", logger="llmrec.train.loop"):
             train(again, shop, tables, resume="latest", stop_after=2 if expected is None else 3)
         warnings = [r.getMessage() for r in caplog.records if "config key" in r.getMessage()]
