@@ -30,6 +30,7 @@ Two towers of one architecture (:class:`InterestTower`), one per **view** (``vie
   over the straight-through assignments (Eq. 18, averaged over the clustering stages).
 * Training (Eq. 19-22): at every loss position the interest nearest the target item's embedding
   is chosen, then a softmax over **all** items (the paper samples; these catalogs are small).
+  ``rec_loss: max_score`` (ours) trains the softmax of the score ``max_k v_k · x_i`` instead.
   ``L = L_ID + sg(L_ID / L_MM) L_MM + λ1 L_cl + λ2 L_A``. Scoring: the maximum over the score
   view's interests of ``v_k · x_i``.
 
@@ -106,6 +107,10 @@ class BivRecConfig(ModelConfig):
     # more interest, read by Eq. 14, Eq. 19 and the max score: a recency path as SASRec's last position
     # (*ours*, not the paper's; docs/bivrec.md "Leads" 6); false: the paper's interests only
     recency_interest: bool = False
+    # what the recommendation loss trains: "nearest" = Eq. 19-21 (the interest nearest the target, which training
+    # can see and scoring cannot); "max_score" = the softmax over the score itself, max_k v_k · x_i for every item
+    # (*ours*, not the paper's: training and scoring then rank by the same function; docs/bivrec.md)
+    rec_loss: Literal["nearest", "max_score"] = "nearest"
     contrast_weight: float = 0.5  # λ1 (Eq. 22)
     allocation_weight: float = 0.3  # λ2 (Eq. 22)
     beta_init: float = 0.07  # initial learnable temperature β (Eq. 17)
@@ -265,6 +270,17 @@ def nearest_interest_loss(interests: torch.Tensor, targets: torch.Tensor, table:
     return F.cross_entropy(nearest @ table.T, targets)  # Eq. 20-21
 
 
+def max_score_loss(interests: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
+                   present: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy over all items of the score itself, ``max_k v_k · x_i`` (``rec_loss: max_score``;
+    *ours*, not the paper's Eq. 19-21). Shapes as :func:`nearest_interest_loss`; ``present`` ``[M, K]`` limits the
+    max to those interests. With one interest it equals Eq. 19-21."""
+    scores = torch.einsum("mkd,nd->mkn", interests, table)
+    if present is not None:
+        scores = scores.masked_fill(~present[..., None], float("-inf"))
+    return F.cross_entropy(scores.amax(1), targets)
+
+
 def allocation_similarity_loss(first: list[torch.Tensor], second: list[torch.Tensor]) -> torch.Tensor:
     """Eq. 18: ``-Σ_k cos(A^m[k,:], A^id[k,:])`` per row, mean over rows and clustering stages.
 
@@ -367,7 +383,8 @@ class BivRec(SequentialRecommender):
             raise ValueError("batch has no position to train on (loss_mask is empty)")
         targets = batch.labels[mask] - 1
         outputs = {view: self.view_output(view, batch) for view in self.views}
-        terms = {f"rec_{view}": nearest_interest_loss(out.interests[mask], targets, out.table, out.present[mask])
+        rec_loss = max_score_loss if self.config.rec_loss == "max_score" else nearest_interest_loss
+        terms = {f"rec_{view}": rec_loss(out.interests[mask], targets, out.table, out.present[mask])
                  for view, out in outputs.items()}
         if len(self.views) == 2:
             projected = []

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from graph_encoders.base import build_model, model_config
-from graph_encoders.bivrec import BivRec, BivRecConfig, allocation_similarity_loss
+from graph_encoders.bivrec import (
+    BivRec,
+    BivRecConfig,
+    allocation_similarity_loss,
+    max_score_loss,
+    nearest_interest_loss,
+)
 from graph_encoders.export import embedding_table
 from llmrec.config import ConfigError, load_config
 
@@ -51,6 +57,7 @@ def test_defaults_are_the_papers():
     assert (cfg.contrast_weight, cfg.allocation_weight, cfg.beta_init) == (0.5, 0.3, 0.07)
     assert (cfg.views, cfg.score_view, cfg.selection_noise, cfg.hidden_size) == (["id", "mm"], "id", "gumbel", 64)
     assert (cfg.interest_pooling, cfg.skip_empty_interests, cfg.recency_interest) == ("sum", False, False)  # as printed
+    assert cfg.rec_loss == "nearest"  # Eq. 19-21
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -267,6 +274,32 @@ def test_recency_interest_is_the_newest_token(tiny_dataset):
     model = build(spec, recency_interest=True)
     torch.manual_seed(0)
     losses = train_steps(model, train_batch(tiny_dataset), 25, lr=1e-2)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+
+
+def test_max_score_loss_trains_the_score(tiny_dataset):
+    """``rec_loss: max_score`` (ours): the cross-entropy of the score itself, ``max_k v_k · x_i`` over the present
+    interests; equal to Eq. 19-21 with one interest; its model trains."""
+    torch.manual_seed(0)
+    interests, table, targets = torch.randn(5, 3, 4), torch.randn(7, 4), torch.tensor([0, 3, 6, 2, 2])
+    present = torch.ones(5, 3, dtype=torch.bool)
+    present[1, 0] = present[4, 2] = False
+    scores = torch.einsum("mkd,nd->mkn", interests, table).masked_fill(~present[..., None], float("-inf")).amax(1)
+    expected = torch.nn.functional.cross_entropy(scores, targets)
+    torch.testing.assert_close(max_score_loss(interests, targets, table, present), expected)
+    assert not torch.allclose(max_score_loss(interests, targets, table), expected)  # the mask matters here
+    torch.testing.assert_close(max_score_loss(interests[:, :1], targets, table),
+                               nearest_interest_loss(interests[:, :1], targets, table))
+    spec, batch = spec_of(tiny_dataset), train_batch(tiny_dataset)
+    nearest, max_score = build(spec), build(spec, rec_loss="max_score")
+    torch.manual_seed(1)
+    nearest_terms = nearest.losses(batch)
+    torch.manual_seed(1)
+    max_terms = max_score.losses(batch)
+    assert max_terms["rec_id"] > nearest_terms["rec_id"]  # the nearest interest's loss is the smaller one
+    torch.testing.assert_close(max_terms["contrast"], nearest_terms["contrast"])  # same weights, same noise
+    torch.manual_seed(0)
+    losses = train_steps(max_score, batch, 25, lr=1e-2)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
 
