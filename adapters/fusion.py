@@ -165,7 +165,7 @@ class ModalityFusion(nn.Module):
             raise ValueError(f"ModalityFusion: image must have shape [B, N, {self.input_dims[0]}], "
                              f"got {tuple(image.shape)}")
         batch, n_items = image.shape[:2]
-        for name, tensor, dim in zip(MODALITIES, (image, text, graph), self.input_dims):
+        for name, tensor, dim in zip(MODALITIES, (image, text, graph), self.input_dims, strict=True):
             if tensor.dim() != 3 or tuple(tensor.shape) != (batch, n_items, dim):
                 raise ValueError(f"ModalityFusion: {name} must have shape [B={batch}, N={n_items}, {dim}], "
                                  f"got {tuple(tensor.shape)}")

@@ -50,9 +50,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmrec-bench-") as tmp:
         for run in range(args.repeats):
             cfg = load_data_config(args.config, [*args.overrides, f"cache_dir={tmp}/nc{run}", "candidates=[]"])
-            results["cold_no_candidates"].append(_timed(lambda: prepare(cfg)))
+            results["cold_no_candidates"].append(_timed(lambda cfg=cfg: prepare(cfg)))
             cfg = load_data_config(args.config, [*args.overrides, f"cache_dir={tmp}/c{run}"])
-            results["cold"].append(_timed(lambda: prepare(cfg)))
+            results["cold"].append(_timed(lambda cfg=cfg: prepare(cfg)))
         for _ in range(args.repeats):
             results["cached"].append(_timed(lambda: prepare(cfg)))
         stats = prepare(cfg).stats

@@ -185,7 +185,7 @@ def run_vllm_generation(b: Inputs, constrained: bool) -> dict[str, Any]:
 
 def ranking_quality(b: Inputs, scores: np.ndarray) -> dict[str, Any]:
     hit = candidate_ranking_metrics(scores, b.targets, ks=(1,))["HR@1"]
-    answers = [titles[int(np.argmax(s))] for titles, s in zip(b.titles, scores)]
+    answers = [titles[int(np.argmax(s))] for titles, s in zip(b.titles, scores, strict=True)]
     return {"HitRate@1": hit, "ValidRatio": 1.0, "answers": answers, "scores": scores}
 
 
@@ -269,7 +269,7 @@ def run_all(b: Inputs, skip_vllm: bool) -> dict[str, dict[str, Any]]:
         hf, vl = results[f"hf/{mode}"], results[f"vllm/{mode}"]
         if "answers" in vl:
             vl["same_as_hf"] = sum(first_line(a).strip() == first_line(h).strip()
-                                   for a, h in zip(vl["answers"], hf["answers"]))
+                                   for a, h in zip(vl["answers"], hf["answers"], strict=True))
     hf, vl = results["hf/rank"], results["vllm/rank"]
     if "scores" in vl:
         vl["max_abs_score_diff_vs_hf"] = float(np.abs(vl["scores"] - hf["scores"]).max())
@@ -385,7 +385,7 @@ def main() -> int:
     answers = [{"row": k, "target": titles[target], **{key: r["answers"][k] for key, r in results.items()
                                                       if "answers" in r},
                 **{f"{key}/scores": [float(v) for v in r["scores"][k]] for key, r in results.items() if "scores" in r}}
-               for k, (titles, target) in enumerate(zip(b.titles, b.targets))]
+               for k, (titles, target) in enumerate(zip(b.titles, b.targets, strict=True))]
     report = {"machine": machine, "settings": vars(args) | {"config": to_dict(cfg), "checkpoint": str(b.checkpoint),
                                                            "task": b.task, "n_users": len(b.prompts),
                                                            "cpus_allowed": sorted(os.sched_getaffinity(0))},

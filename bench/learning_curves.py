@@ -64,7 +64,7 @@ def markdown(curves: dict[str, dict]) -> str:
     for name in names[1:]:
         other = curves[name]["validation"]
         if [p["step"] for p in other] == steps:
-            diff = ", ".join(f"{a['step']}: {b['HR@1'] - a['HR@1']:+.3f}" for a, b in zip(first, other))
+            diff = ", ".join(f"{a['step']}: {b['HR@1'] - a['HR@1']:+.3f}" for a, b in zip(first, other, strict=True))
             lines.append(f"\nHR@1 of {name} minus {names[0]} at the same steps: {diff}; training time ratio "
                          f"{names[0]} / {name}: "
                          f"{curves[names[0]]['train_seconds'] / curves[name]['train_seconds']:.2f}")
@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(labels) != len(args.runs):
         parser.error(f"{len(args.runs)} runs but {len(labels)} labels")
     curves = {label: read_curve(Path(run) if run.endswith(".jsonl") else Path(run) / "metrics.jsonl")
-              for label, run in zip(labels, args.runs)}
+              for label, run in zip(labels, args.runs, strict=True)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"runs": dict(zip(labels, args.runs)), "curves": curves}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"runs": dict(zip(labels, args.runs, strict=True)),
+                                                    "curves": curves}, indent=1))
     text = markdown(curves)
     out.with_suffix(".md").write_text(text + "\n")
     plot(curves, out, args.validation_users)

@@ -211,7 +211,7 @@ def plot(results: dict, curves: dict, out: Path) -> None:
     ax = fig.subplots()
     values = [results["rows"][n]["HR@1"] for n in names]
     errors = np.array([[v - results["rows"][n]["HR@1_ci95"][0], results["rows"][n]["HR@1_ci95"][1] - v]
-                       for n, v in zip(names, values)]).T
+                       for n, v in zip(names, values, strict=True)]).T
     colors = ["#fc8d62" if n in experiment["llm_rows"] else "#8da0cb" if n in experiment["conventional"] else "#cccccc"
               for n in names]
     ax.bar(range(len(names)), values, yerr=errors, capsize=3, color=colors)

@@ -74,7 +74,8 @@ def admissible(values: list[float], tol: float, strict: bool = True) -> list[dic
         seen.add(order)
         tmall, kuaishou = order[:4], order[4:]
         if consistent(*tmall, tol, strict) and consistent(*kuaishou, tol, strict):
-            found.append({"Rec-Tmall": dict(zip(METRICS, tmall)), "Kuaishou": dict(zip(METRICS, kuaishou))})
+            found.append({"Rec-Tmall": dict(zip(METRICS, tmall, strict=True)),
+                          "Kuaishou": dict(zip(METRICS, kuaishou, strict=True))})
     return found
 
 

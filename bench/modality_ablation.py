@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ax = fig.subplots()
     names = list(rows_out)
     means = [rows_out[n]["HR@1"] for n in names]
-    err = [[m - rows_out[n]["HR@1_ci95"][0] for m, n in zip(means, names)],
-           [rows_out[n]["HR@1_ci95"][1] - m for m, n in zip(means, names)]]
+    err = [[m - rows_out[n]["HR@1_ci95"][0] for m, n in zip(means, names, strict=True)],
+           [rows_out[n]["HR@1_ci95"][1] - m for m, n in zip(means, names, strict=True)]]
     ax.bar(names, means, yerr=err, capsize=3)
     ax.axhline(0.1, color="grey", linestyle=":", label="chance (1 of 10)")
     ax.set_ylabel("test HR@1")

@@ -42,7 +42,7 @@ def bias_of(path: Path, popularity: np.ndarray, index: dict[str, int]) -> dict:
     lengths = np.array([[len(c["title"]) for c in r["candidates"]] for r in records])
     rows = np.arange(len(records))
     most_popular = pop == pop.max(axis=1, keepdims=True)
-    rho = [spearmanr(s, p).statistic for s, p in zip(scores, pop) if np.ptp(p) > 0 and np.ptp(s) > 0]
+    rho = [spearmanr(s, p).statistic for s, p in zip(scores, pop, strict=True) if np.ptp(p) > 0 and np.ptp(s) > 0]
     return {
         "n_users": len(records), "n_candidates": n_candidates, "HR@1": float((picks == targets).mean()),
         "pick_position": np.bincount(picks, minlength=n_candidates).tolist(),

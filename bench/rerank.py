@@ -113,8 +113,8 @@ def plot(results: dict, path: Path) -> None:
     width = 0.38
     for j, (order, label) in enumerate((("retriever", "retriever alone"), ("rerank", "retriever + LLM"))):
         means = [results["rows"][r][order]["HR@1"]["mean"] for r in rows]
-        lows = [m - results["rows"][r][order]["HR@1"]["ci95"][0] for m, r in zip(means, rows)]
-        highs = [results["rows"][r][order]["HR@1"]["ci95"][1] - m for m, r in zip(means, rows)]
+        lows = [m - results["rows"][r][order]["HR@1"]["ci95"][0] for m, r in zip(means, rows, strict=True)]
+        highs = [results["rows"][r][order]["HR@1"]["ci95"][1] - m for m, r in zip(means, rows, strict=True)]
         ax.bar(np.arange(len(rows)) + (j - 0.5) * width, means, width, yerr=[lows, highs], capsize=3, label=label)
     ceilings = [results["rows"][r][f"recall@{results['k']}"] for r in rows]
     ax.scatter(np.arange(len(rows)), ceilings, marker="_", s=800, color="black",

@@ -140,7 +140,7 @@ def summarize(records: list[dict], models: list[str], baselines: list[str]) -> d
                 if any(protocol not in r["ranks"] for r in runs):
                     continue
                 values = [per_user(r["ranks"][protocol], metric) for r in runs]
-                for r, v in zip(runs, values):
+                for r, v in zip(runs, values, strict=True):
                     stored = r["test"][f"{protocol}/{metric}"]
                     if not np.isclose(v.mean(), stored, atol=1e-6):
                         raise SystemExit(f"{r['run_dir']}: ranks give {protocol}/{metric} {v.mean():.6f}, "
@@ -233,7 +233,7 @@ def chart(table: dict, path: Path) -> None:
     panels = [(p, m) for p, names in PROTOCOL_METRICS.items() for m in names
               if any(f"{p}/{m}" in e for e in table["models"].values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
-    for ax, (protocol, metric) in zip(axes[0], panels):
+    for ax, (protocol, metric) in zip(axes[0], panels, strict=True):
         shown = [m for m in models if f"{protocol}/{metric}" in table["models"][m]]
         means = [table["models"][m][f"{protocol}/{metric}"]["mean"] for m in shown]
         ax.bar(range(len(shown)), means, color="#8fb3d9")

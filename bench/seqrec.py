@@ -175,7 +175,7 @@ def report(run_dirs: list[Path], chart: Path | None) -> str:
     runs = [json.loads((Path(d) / "metrics.json").read_text(encoding="utf-8")) for d in run_dirs]
     head = "| run | model | seed | best epoch | wall (s) | " + " | ".join(REPORT_METRICS) + " |"
     lines = [head, "|" + "---|" * (5 + len(REPORT_METRICS))]
-    for d, m in zip(run_dirs, runs):
+    for d, m in zip(run_dirs, runs, strict=True):
         ours = [m["test"][f"pop100/{k}"] for k in REPORT_METRICS]
         lines.append(f"| {Path(d).name} | {m['model']} | {m['seed']} | {m['best_epoch']} | {m['wall_seconds']:.0f} | "
                      + " | ".join(f"{v:.4f}" for v in ours) + " |")
@@ -198,7 +198,7 @@ def _bar_chart(runs: list[dict], labels: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     x = range(len(runs))
-    for ax, metric in zip(axes, ("HR@10", "NDCG@10")):
+    for ax, metric in zip(axes, ("HR@10", "NDCG@10"), strict=True):
         ours = [m["test"][f"pop100/{metric}"] for m in runs]
         pub = [PUBLISHED.get(m["model"], {}).get(metric, float("nan")) for m in runs]
         ax.bar([i - 0.2 for i in x], ours, width=0.4, label="ours (test)")
@@ -206,7 +206,7 @@ def _bar_chart(runs: list[dict], labels: list[str], path: Path) -> None:
         ax.set_xticks(list(x), labels, fontsize=8)
         ax.set_title(f"ML-100k, {metric}, 100 popularity negatives")
         ax.set_ylim(0, max(ours + [p for p in pub if not math.isnan(p)]) * 1.2)
-        for i, (o, p) in enumerate(zip(ours, pub)):
+        for i, (o, p) in enumerate(zip(ours, pub, strict=True)):
             ax.text(i - 0.2, o, f"{o:.3f}", ha="center", va="bottom", fontsize=7)
             if not math.isnan(p):
                 ax.text(i + 0.2, p, f"{p:.3f}", ha="center", va="bottom", fontsize=7)

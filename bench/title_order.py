@@ -88,7 +88,8 @@ def check_aligned(keys: dict[str, list[tuple]]) -> list[tuple] | None:
     first_name, reference = next(iter(keys.items()))
     for name, key in keys.items():
         if key != reference:
-            where = next((i for i, (a, b) in enumerate(zip(key, reference)) if a != b), min(len(key), len(reference)))
+            where = next((i for i, (a, b) in enumerate(zip(key, reference, strict=False)) if a != b),
+                         min(len(key), len(reference)))
             raise SystemExit(f"{name}: users, targets or candidate items differ from {first_name}'s at test row "
                              f"{where} ({len(key)} vs {len(reference)} users); the two title orders must share them")
     return reference
@@ -96,7 +97,7 @@ def check_aligned(keys: dict[str, list[tuple]]) -> list[tuple] | None:
 
 def pick_shares(path: Path, dataset, session: np.ndarray) -> dict[str, float]:
     """Share of users whose top-ranked candidate has the target's category / the session's category."""
-    category = dict(zip(dataset.catalog["item_id"].astype(str), dataset.catalog["category"].astype(str)))
+    category = dict(zip(dataset.catalog["item_id"].astype(str), dataset.catalog["category"].astype(str), strict=True))
     records = sorted(read_predictions(path).records, key=lambda r: r["row"])
     same_target = same_session = 0
     for position, record in enumerate(records):
@@ -168,8 +169,8 @@ def plot(results: dict, out: Path) -> None:
     bars, curves = figure.subplots(1, 2)
     names = list(results["rows"])
     values = [results["rows"][n]["HR@1"] for n in names]
-    low = [v - results["rows"][n]["HR@1_ci"][0] for n, v in zip(names, values)]
-    high = [results["rows"][n]["HR@1_ci"][1] - v for n, v in zip(names, values)]
+    low = [v - results["rows"][n]["HR@1_ci"][0] for n, v in zip(names, values, strict=True)]
+    high = [results["rows"][n]["HR@1_ci"][1] - v for n, v in zip(names, values, strict=True)]
     bars.barh(range(len(names)), values, xerr=[low, high], color=["#88a" if "brand" in n else "#c84" for n in names])
     bars.axvline(results["session_rule_hr1"], color="k", linestyle="--", label="session-category rule")
     bars.axvline(0.1, color="grey", linestyle=":", label="chance (1 of 10)")

@@ -54,14 +54,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     steps: list[list[dict]] = [[] for _ in trainers]
     for _ in range(args.steps):
-        for records, trainer in zip(steps, trainers):
+        for records, trainer in zip(steps, trainers, strict=True):
             r = trainer.train_step()
             records.append({"seconds": r["seconds"], "loss": r["loss"], "tokens": r["tokens"]})
     medians = [statistics.median(r["seconds"] for r in records[args.warmup:]) for records in steps]
     machine = machine_description()
     report = {"machine": machine, "settings": vars(args), "threads": args.threads,
               "variants": [{"overrides": v, "median_s_per_step": m, "speed_vs_first": medians[0] / m, "steps": recs}
-                           for v, m, recs in zip(args.variants, medians, steps)],
+                           for v, m, recs in zip(args.variants, medians, steps, strict=True)],
               "load_average_after": os.getloadavg()}
     header = (f"Machine: {describe_machine(machine)}; {args.threads} torch thread(s); {args.precision}; {args.task} "
               f"task; {args.steps} steps per variant, first {args.warmup} not counted; variants stepped alternately "

@@ -146,14 +146,14 @@ def prefix_token_sets(tokenizer: Any, text: str, eos: int) -> list[set[int]]:
 
 def output_token_logprobs(completion: Any) -> tuple[list[int], list[float]]:
     ids = list(completion.token_ids)
-    return ids, [step[t].logprob for t, step in zip(ids, completion.logprobs)]
+    return ids, [step[t].logprob for t, step in zip(ids, completion.logprobs, strict=True)]
 
 
 def compare(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     scored = [r for r in rows if r.get("vllm_sum") is not None]
     exact_path = sum(r["path_ok"] for r in rows)
     sum_err = max((abs(r["vllm_sum"] - r["hf_sum"]) for r in scored), default=math.nan)
-    tok_err = max((max(abs(a - b) for a, b in zip(r["vllm_tokens"], r["hf_tokens"])) for r in scored),
+    tok_err = max((max(abs(a - b) for a, b in zip(r["vllm_tokens"], r["hf_tokens"], strict=True)) for r in scored),
                   default=math.nan)
     summary = {"route": name, "pairs": len(rows), "generated_ids_equal_training_ids": exact_path,
                "scored": len(scored), "max_abs_sum_diff": sum_err, "max_abs_token_diff": tok_err,
@@ -197,7 +197,7 @@ def main() -> None:
         start = time.perf_counter()
         try:
             outputs = llm.generate(requests, params, use_tqdm=False)
-            rows = [score(pair, out) for pair, out in zip(pairs, outputs)]
+            rows = [score(pair, out) for pair, out in zip(pairs, outputs, strict=True)]
             summary = compare(name, rows)
         except (ValueError, RuntimeError, TypeError, KeyError, IndexError, AttributeError) as err:  # record why
             print(f"{name:26s} FAILED: {type(err).__name__}: {err}", flush=True)
@@ -225,7 +225,8 @@ def main() -> None:
         if renormalise and row["path_ok"]:
             sets = prefix_token_sets(tokenizer, pair["text"], eos)
             row["hf_grammar_renormalised_tokens"] = [
-                float(ref[j, t] - torch.logsumexp(ref[j, sorted(s)], 0)) for j, (t, s) in enumerate(zip(ids, sets))]
+                float(ref[j, t] - torch.logsumexp(ref[j, sorted(s)], 0))
+                for j, (t, s) in enumerate(zip(ids, sets, strict=True))]
         return row
 
     choice = [vllm.SamplingParams(temperature=0.0, logprobs=1, max_tokens=len(p["ids"]) + 1,

@@ -205,7 +205,7 @@ class SequenceBatcher:
         users = np.asarray(list(table["user"]), dtype=np.int64)
         positions = np.asarray(list(table["position"]), dtype=np.int64)
         targets = np.asarray(list(table["target"]), dtype=np.int64)
-        for r, (u, p, t) in enumerate(zip(users, positions, targets)):
+        for r, (u, p, t) in enumerate(zip(users, positions, targets, strict=True)):
             seq = self.full_sequences[self.index_of_user[int(u)]]
             if not 0 <= p < len(seq.items) or int(seq.items[p]) != t:
                 raise ValueError(
@@ -222,7 +222,7 @@ class SequenceBatcher:
         lengths = np.zeros(b, dtype=np.int64)
         targets = np.zeros(b, dtype=np.int64)
         next_behaviors = np.zeros(b, dtype=np.int64)
-        for r, (u, p) in enumerate(zip(users, positions)):
+        for r, (u, p) in enumerate(zip(users, positions, strict=True)):
             seq, p = self._view(u, p)
             start = max(0, p - length)
             n = p - start
@@ -239,7 +239,7 @@ class SequenceBatcher:
     def seen_items(self, users: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
         """Per row, the items interacted with before ``position`` other than the target (full-ranking exclusion)."""
         out = []
-        for u, p in zip(users, positions):
+        for u, p in zip(users, positions, strict=True):
             seq, p = self._view(u, p)
             seen = np.unique(seq.items[:p])
             out.append(seen[seen != seq.items[p]])

@@ -196,7 +196,7 @@ class InterestTower(nn.Module):
         first = (items + self.positions(columns + self.max_len - length)[None]) * valid[..., None]  # Eq. 1
         parts, valids = [first], [valid]
         positions, ends = [columns.to(items.dtype).expand(b, length)], [columns]
-        for s, table in zip(self.scales, self.scale_positions):
+        for s, table in zip(self.scales, self.scale_positions, strict=True):
             n_patches = math.ceil(length / s)
             pad = n_patches * s - length  # the oldest patch is cut at the window's left edge
             summed = F.pad(first, (0, 0, pad, 0)).view(b, n_patches, s, d).sum(2)  # merge(Unfold(E_1)) (Eq. 2)
@@ -289,7 +289,7 @@ def allocation_similarity_loss(first: list[torch.Tensor], second: list[torch.Ten
     contributes 0 and no gradient (*Choice*; ``F.cosine_similarity``'s ``eps`` would give it a 1/eps gradient).
     """
     losses = []
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         dot, norm_a, norm_b = (a * b).sum(1), a.square().sum(1), b.square().sum(1)
         both = (norm_a > 0) & (norm_b > 0)
         cosine = torch.where(both, dot / torch.where(both, norm_a * norm_b, torch.ones_like(dot)).sqrt(), 0.0)

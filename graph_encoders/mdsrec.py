@@ -339,7 +339,7 @@ class MDSRec(SequentialRecommender):
             center_mask = mask[:, 0]
         running = valid if not newest_only and positions is None else None  # running sums (first layer) need P = L
         x = x * keep
-        for block, update in zip(encoder.blocks, self.center_updates[modality]):
+        for block, update in zip(encoder.blocks, self.center_updates[modality], strict=True):
             if self.config.centralized_attention:
                 keys = block.norm_attention(x)  # E_u^{m,l-1} as layer l's attention sees it (pre-norm)
                 centers = update(block.attention, centers, keys, center_mask, running)  # Eq. 12-15

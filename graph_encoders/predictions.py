@@ -41,7 +41,7 @@ def catalog_names(dataset: Any) -> list[str]:
     """Whitespace-normalized catalog titles in internal item order; ``item <id>`` when a title is empty."""
     titles = dataset.catalog["title"].tolist() if "title" in dataset.catalog else [""] * dataset.n_items
     names = []
-    for title, item_id in zip(titles, dataset.item_ids):
+    for title, item_id in zip(titles, dataset.item_ids, strict=True):
         name = "" if title is None or (isinstance(title, float) and math.isnan(title)) else " ".join(str(title).split())
         names.append(name or f"item {item_id}")
     return names
@@ -65,7 +65,7 @@ def prediction_records(
         raise ValueError(f"names: {len(names)} names for {dataset.n_items} items")
     records = []
     for row, (user, items, target, row_scores) in enumerate(
-            zip(users, candidates.items.tolist(), candidates.target_index.tolist(), scores.tolist())):
+            zip(users, candidates.items.tolist(), candidates.target_index.tolist(), scores.tolist(), strict=True)):
         records.append({
             "user": dataset.user_ids[user], "split": split, "row": row, "model": model_name,
             "candidates": [{"item_id": dataset.item_ids[c], "title": names[c]} for c in items],

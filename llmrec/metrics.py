@@ -241,7 +241,7 @@ def generative_metrics(generations: Sequence[str], candidates: Sequence[Sequence
     if not generations:
         raise ValueError("generative_metrics: no rows to evaluate")
     n_valid = n_correct = 0
-    for row, (text, names, target) in enumerate(zip(generations, candidates, target_index)):
+    for row, (text, names, target) in enumerate(zip(generations, candidates, target_index, strict=True)):
         if not 0 <= int(target) < len(names):
             raise ValueError(f"target_index: row {row} has target {target}, outside 0..{len(names) - 1}")
         parsed = parse_generation(text, names)

@@ -245,7 +245,7 @@ def _rows_of_split(cfg: DataConfig, split: str, path: Path, counts: dict[str, in
     counts[f"{split}_rows_len_seq_below_{MIN_LEN_SEQ}"] = int(short)
     if layout.rated:
         ratings, freq = np.unique(nxt[keep, 1], return_counts=True)
-        counts.update({f"{split}_target_rating_{int(r)}": int(c) for r, c in zip(ratings, freq)})
+        counts.update({f"{split}_target_rating_{int(r)}": int(c) for r, c in zip(ratings, freq, strict=True)})
     if short:
         log.info("%s: dropped %d of %d rows with len_seq < %d (as LLaRA's loader does)", path, short, n, MIN_LEN_SEQ)
     return rows, where

@@ -272,12 +272,12 @@ def _movielens_catalog(
 ) -> tuple[pd.DataFrame, int]:
     """Catalog rows for MovieLens: text = title + genres (+ release date), category = genres."""
     if genres_or_flags.ndim == 2:  # ML-100k: 19 binary genre flags per movie
-        genres = ["|".join(g for g, on in zip(ML100K_GENRES, row) if on) for row in genres_or_flags]
+        genres = ["|".join(g for g, on in zip(ML100K_GENRES, row, strict=True) if on) for row in genres_or_flags]
     else:  # ML-1M: "Animation|Children's|Comedy"
         genres = [str(g) for g in genres_or_flags]
     text = [
         f"{t}. Genres: {g.replace('|', ', ') or 'unknown'}." + (f" Released {d}." if d else "")
-        for t, g, d in zip(titles, genres, dates)
+        for t, g, d in zip(titles, genres, dates, strict=True)
     ]
     frame = pd.DataFrame({"item_id": ids, "title": titles, "text": text, "category": genres, "release_date": dates})
     catalog, filled = build_catalog(frame, path, 0,

@@ -224,7 +224,7 @@ def build_presplit(cfg: DataConfig, rows: PresplitRows, fp: str, root: Path, sta
     samples = {s: sample_table(seqs, target_pos[bounds[k]:bounds[k + 1]], cfg.max_history)
                for k, s in enumerate(SPLITS)}
     in_split = np.empty(n, dtype=np.int64)
-    for k, s in enumerate(SPLITS):
+    for k, _s in enumerate(SPLITS):
         in_split[order[bounds[k]:bounds[k + 1]]] = np.arange(bounds[k + 1] - bounds[k])
     user_ids = [users[r] if users is not None else f"{splits[r]}-{in_split[r]}" for r in order]
     item_catalog = catalog.set_index("item_id").loc[item_ids].reset_index()
@@ -317,7 +317,7 @@ def _given_candidates(rows: PresplitRows, splits: np.ndarray, targets: list[str]
         missing[members[~has]] = True
         _fail(rows, missing, f"no `candidates` although other {split} rows have them",
               "; give every row of a split a candidate list, or none")
-        lists = {int(r): _ids(c, rows, int(r), "candidates") for r, c in zip(members, cells)}
+        lists = {int(r): _ids(c, rows, int(r), "candidates") for r, c in zip(members, cells, strict=True)}
         size = len(lists[int(members[0])])
         for r, ids in lists.items():
             if len(ids) != size:

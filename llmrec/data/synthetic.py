@@ -178,7 +178,7 @@ def _pattern_shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """The pattern's second color: the item color darkened (light colors) or lightened (dark ones)."""
     luminance = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255
     toward, mix = ((0, 0, 0), 0.35) if luminance > 0.3 else ((255, 255, 255), 0.35)
-    return tuple(int(round(c * (1 - mix) + t * mix)) for c, t in zip(rgb, toward))
+    return tuple(int(round(c * (1 - mix) + t * mix)) for c, t in zip(rgb, toward, strict=True))
 
 
 def draw_item_image(category: str, color: str, pattern: str, size: str, image_size: int = 64) -> Image.Image:
@@ -384,9 +384,9 @@ def _shop_statistics(interactions: pd.DataFrame, catalog: pd.DataFrame, counts: 
     purchases = interactions[interactions["behavior"] == "purchase"].merge(catalog, on="item_id")
     match_rates = {}
     for kind in ("visual", "textual"):
-        rows = purchases[purchases["user_id"].map(lambda u: users[u]["type"] == kind)]
+        rows = purchases[purchases["user_id"].map(lambda u, kind=kind: users[u]["type"] == kind)]
         for key in {"visual": ("color", "pattern"), "textual": ("brand", "material")}[kind]:
-            hits = rows.apply(lambda r: r[key] == users[r["user_id"]]["preferred"][key], axis=1)
+            hits = rows.apply(lambda r, key=key: r[key] == users[r["user_id"]]["preferred"][key], axis=1)
             match_rates[f"{kind}_users_purchase_{key}_match"] = float(hits.mean()) if len(rows) else 0.0
     return {
         "n_users": int(interactions["user_id"].nunique()), "n_items": int(len(catalog)),

@@ -143,7 +143,7 @@ def texture_statistics(pixels: np.ndarray, foreground: np.ndarray) -> np.ndarray
     luma = pixels @ _LUMA  # [n, S, S]
     interior = _erode(foreground, 2)
     out = np.zeros((len(luma), len(TEXTURE_FEATURES)))
-    for i, (y, inside) in enumerate(zip(luma, interior)):
+    for i, (y, inside) in enumerate(zip(luma, interior, strict=True)):
         if inside.sum() < 16:  # too small to measure a texture: treat as flat
             inside = np.ones_like(inside)
         out[i] = _texture_of(y, inside)

@@ -37,4 +37,4 @@ def nearest_neighbors(table: EmbeddingTable, index: int, k: int = 10) -> list[tu
     scores[index] = float("-inf")
     k = min(k, int(torch.isfinite(scores).sum()))
     top = torch.topk(scores, k)
-    return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
+    return [(int(i), float(s)) for s, i in zip(top.values, top.indices, strict=True)]

@@ -218,7 +218,7 @@ def _check_catalog(dataset: SequenceDataset) -> None:
     if "item_id" in catalog.columns:
         ids = [str(v) for v in catalog["item_id"].tolist()]
         if ids != [str(v) for v in dataset.item_ids]:
-            first = next(i for i, (a, b) in enumerate(zip(ids, dataset.item_ids)) if a != str(b))
+            first = next(i for i, (a, b) in enumerate(zip(ids, dataset.item_ids, strict=True)) if a != str(b))
             raise ValueError(f"dataset {dataset.name!r}: catalog row {first} has item_id {ids[first]!r} but internal "
                              f"item {first} is {dataset.item_ids[first]!r}; the catalog must be in internal order")
 

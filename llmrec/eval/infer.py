@@ -242,13 +242,14 @@ def prediction_records(dataset: Any, renderer: Any, split: str, rows: np.ndarray
     samples = dataset.samples[split]
     users = samples.data.column("user").to_pylist()
     records = []
-    for k, (row, prompt) in enumerate(zip(rows.tolist(), prompts)):
+    for k, (row, prompt) in enumerate(zip(rows.tolist(), prompts, strict=True)):
         names = [renderer.item_name(c) for c in prompt.candidates]
         target = prompt.candidates[prompt.target_index]
         record: dict[str, Any] = {
             "user": dataset.user_ids[users[row]], "split": split, "row": row, "task": prompt.task,
             "paraphrase": prompt.paraphrase,
-            "candidates": [{"item_id": dataset.item_ids[c], "title": n} for c, n in zip(prompt.candidates, names)],
+            "candidates": [{"item_id": dataset.item_ids[c], "title": n}
+                           for c, n in zip(prompt.candidates, names, strict=True)],
             "target_index": prompt.target_index,
             "target": {"item_id": dataset.item_ids[target], "title": renderer.item_name(target)},
         }

@@ -116,7 +116,7 @@ def generation_metrics(preds: Predictions) -> dict[str, float]:
     result = generative_metrics([r["generation"] for r in preds.records], names,
                                 [r["target_index"] for r in preds.records])
     disagreements = sum("parsed_index" in record and record["parsed_index"] != parse_generation(
-        record["generation"], titles) for record, titles in zip(preds.records, names))
+        record["generation"], titles) for record, titles in zip(preds.records, names, strict=True))
     if disagreements:
         logger.warning("%s: %d stored parsed_index values differ from parsing the generation again (the "
                        "re-parsed ones are used)", preds.path, disagreements)
@@ -218,7 +218,8 @@ def evaluate_files(paths: Sequence[str | Path], out_dir: str | Path, names: Sequ
         raise ValueError("no predictions files given")
     if any(int(k) < 1 for k in ks):
         raise ValueError(f"every K must be >= 1, got {list(ks)}")
-    results = {name: evaluate_predictions(read_predictions(p), ks) for name, p in zip(run_names(paths, names), paths)}
+    results = {name: evaluate_predictions(read_predictions(p), ks)
+               for name, p in zip(run_names(paths, names), paths, strict=True)}
     for name, result in results.items():
         logger.info("%s: %s", name, {k: v for k, v in result.items() if k not in ("path", "n_candidates")})
     columns = metric_columns(results, ks)

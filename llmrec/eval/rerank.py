@@ -112,7 +112,7 @@ def rerank_records(dataset: Any, renderer: Any, retrieval: Retrieval, candidates
     """One JSON-able dict per selected row (docs/inference.md, "Retrieve-then-rerank")."""
     users = dataset.samples[retrieval.split].data.column("user").to_pylist()
     records = []
-    for row, r_rank, l_rank in zip(rows.tolist(), retriever_ranks.tolist(), rerank_ranks.tolist()):
+    for row, r_rank, l_rank in zip(rows.tolist(), retriever_ranks.tolist(), rerank_ranks.tolist(), strict=True):
         items = candidates.items[row].tolist()
         target = int(retrieval.targets[row])
         records.append({

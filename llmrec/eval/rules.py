@@ -48,7 +48,7 @@ def history_features(samples: Any, items: np.ndarray) -> tuple[np.ndarray, np.nd
     seen, strongest, last = np.zeros((n, c)), np.full((n, c), -1.0), np.full((n, c), -1.0)
     for row in range(n):
         history, behaviors = samples[row]["history_items"], samples[row]["history_behaviors"]
-        for pos, (item, behavior) in enumerate(zip(history, behaviors)):
+        for pos, (item, behavior) in enumerate(zip(history, behaviors, strict=True)):
             hit = items[row] == item
             seen[row, hit] = 1.0
             strongest[row, hit] = np.maximum(strongest[row, hit], behavior)

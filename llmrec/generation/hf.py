@@ -177,7 +177,7 @@ class HFGenerator:
         if sequences.shape[1] == 0:
             return [[] for _ in prompts]
         keep = self.stopper.lengths(sequences, self.eos_ids)
-        return [row[:n].tolist() for row, n in zip(sequences.cpu(), keep)]
+        return [row[:n].tolist() for row, n in zip(sequences.cpu(), keep, strict=True)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -138,7 +138,7 @@ def _packed_attention_mask(prefix_lengths: list[int], answer_lengths: list[list[
     row with nothing to attend to would give NaN; their outputs are never read).
     """
     allowed = torch.zeros(len(prefix_lengths), width, width, dtype=torch.bool)
-    for b, (n_prefix, lengths) in enumerate(zip(prefix_lengths, answer_lengths)):
+    for b, (n_prefix, lengths) in enumerate(zip(prefix_lengths, answer_lengths, strict=True)):
         allowed[b, :n_prefix, :n_prefix] = torch.ones(n_prefix, n_prefix, dtype=torch.bool).tril()
         start = n_prefix
         for length in lengths:
@@ -174,7 +174,7 @@ def _score_packed_group(model: Any, collator: Any, rows: list[list[Any]], encode
     prefix_lengths = [len(_shared_prefix_ids(e)) for e in encoded]
     answers = [[e.input_ids[len(e.input_ids) - e.n_labels:] for e in prompt_rows] for prompt_rows in encoded]
     answer_lengths = [[len(a) for a in prompt_answers] for prompt_answers in answers]
-    width = max(n + sum(lengths) for n, lengths in zip(prefix_lengths, answer_lengths))
+    width = max(n + sum(lengths) for n, lengths in zip(prefix_lengths, answer_lengths, strict=True))
     # the first candidate row of every prompt carries the prompt's slots; its answer tail is not used
     prefix_embeds = model.embed_inputs(batch_to_device(collator([r[0] for r in rows]), device))
     ids = torch.full((n_prompts, width), collator.pad_id, dtype=torch.long)

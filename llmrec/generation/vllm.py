@@ -447,7 +447,7 @@ class VLLMGenerator:
                         first_prompt: int) -> list[torch.Tensor]:
         """The prompt embeddings of the fitted prompts, each as long as the prompt HF ranking scores after."""
         embeds = self._embeds([fitted for fitted, _, _ in shared], batch_size)
-        for i, (tensor, (_, length, _)) in enumerate(zip(embeds, shared)):
+        for i, (tensor, (_, length, _)) in enumerate(zip(embeds, shared, strict=True)):
             if tensor.shape[0] != length:
                 raise RuntimeError(f"prompt {first_prompt + i}: {tensor.shape[0]} prompt embeddings but the answer "
                                    f"collator's prompt has {length} tokens (collators with different settings?)")
@@ -476,7 +476,8 @@ class VLLMGenerator:
         chunks = list(_chunks(shared, self.engine.chunk_size))
         starts = np.cumsum([0] + [len(c) for c in chunks]).tolist()
         embeds = (self._ranking_embeds(chunk, batch_size, first) for chunk, first in
-                  zip(tqdm(chunks, desc="prompt embeddings", unit="chunk", disable=not progress, leave=False), starts))
+                  zip(tqdm(chunks, desc="prompt embeddings", unit="chunk", disable=not progress, leave=False), starts,
+                      strict=False))
         return write_job(folder, self.llm_kwargs, SCORING_SAMPLING, self.lora, embeds, None, kind="rank",
                          answers=[answers for _, _, answers in shared])
 

@@ -81,7 +81,7 @@ def score_answers(llm: Any, vllm: Any, embeds: Sequence[torch.Tensor], answers: 
     if len(answers) != len(embeds):
         raise ValueError(f"{len(answers)} candidate answer lists for {len(embeds)} prompts")
     requests, owners = [], []
-    for i, (tensor, candidates) in enumerate(zip(embeds, answers)):
+    for i, (tensor, candidates) in enumerate(zip(embeds, answers, strict=True)):
         if not candidates:
             raise ValueError(f"prompt {first_prompt + i} has no candidates to score")
         for k, ids in enumerate(candidates):
@@ -94,7 +94,7 @@ def score_answers(llm: Any, vllm: Any, embeds: Sequence[torch.Tensor], answers: 
     if len(outputs) != len(requests):
         raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} scoring requests")
     scores: list[list[float]] = [[] for _ in embeds]
-    for (i, k), out in zip(owners, outputs):
+    for (i, k), out in zip(owners, outputs, strict=True):
         where = f"prompt {first_prompt + i}, candidate {k}"
         scores[i].append(answer_log_likelihood(out.prompt_logprobs, embeds[i].shape[0], answers[i][k], where))
     return scores

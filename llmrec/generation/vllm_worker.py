@@ -285,7 +285,7 @@ def read_answers(folder: str | Path, n_prompts: int) -> list[str]:
 def read_scores(folder: str | Path, n_candidates: Sequence[int]) -> list[list[float]]:
     """The worker's scores of a rank job: per prompt, one float per candidate (``n_candidates[i]`` of them)."""
     scores = _read_answers_file(folder, "scores", len(n_candidates))
-    for i, (row, size) in enumerate(zip(scores, n_candidates)):
+    for i, (row, size) in enumerate(zip(scores, n_candidates, strict=True)):
         if not isinstance(row, list) or len(row) != size or not all(isinstance(v, (int, float)) for v in row):
             raise RuntimeError(f"{Path(folder) / ANSWERS_FILE}: prompt {i}: expected {size} scores, got {row!r}")
     return [[float(v) for v in row] for row in scores]

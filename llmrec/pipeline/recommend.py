@@ -140,7 +140,7 @@ def _run(recommender: Recommender, args: argparse.Namespace, todo: list[dict[str
             batch = todo[start:start + args.batch_size]
             results = recommender.recommend_batch([r["history"] for r in batch], [r.get("candidates") for r in batch],
                                                   k=args.k, mode=args.mode, unknown=args.unknown)
-            append_jsonl(out, ({KEY: r[KEY], **result.to_dict()} for r, result in zip(batch, results)))
+            append_jsonl(out, ({KEY: r[KEY], **result.to_dict()} for r, result in zip(batch, results, strict=True)))
             written += len(batch)
             skipped += sum(len(result.skipped) for result in results)
             bar.update(len(batch))

@@ -222,13 +222,13 @@ class Recommender:
         """Scores of every query's pool, in pool order; prompts of equal candidate counts are scored together."""
         prompts = [(q, start, self._prompt(query, chunk)) for q, query in enumerate(queries)
                    for start, chunk in zip(range(0, len(query.candidates), self.chunk_size),
-                                           self._chunks(query.candidates))]
+                                           self._chunks(query.candidates), strict=True)]
         scores = [np.zeros(len(query.candidates)) for query in queries]
         for size in sorted({len(p.candidates) for _, _, p in prompts}):
             group = [(q, start, p) for q, start, p in prompts if len(p.candidates) == size]
             result = rank_prompts(self.config, self.model, self.answer_collator, self.renderer,
                                   [p for _, _, p in group], self.autocast, progress)
-            for (q, start, _), row in zip(group, result):
+            for (q, start, _), row in zip(group, result, strict=True):
                 scores[q][start:start + size] = row
         return scores
 
@@ -252,7 +252,7 @@ class Recommender:
             prompts = [(q, chunk, self._prompt(queries[q], chunk)) for q in active for chunk in self._chunks(pools[q])]
             generated = self._generator(mode).generate([p for _, _, p in prompts], self.config.batch_size, progress)
             named: list[list[int]] = [[] for _ in queries]
-            for (q, chunk, _), text in zip(prompts, generated):
+            for (q, chunk, _), text in zip(prompts, generated, strict=True):
                 texts[q].append(text)
                 choice = parse_generation(text, [self.renderer.item_name(c) for c in chunk])
                 if choice is not None:
@@ -260,7 +260,7 @@ class Recommender:
             for q in active:  # one prompt held the whole pool, or at most one item is left: final
                 done[q] = len(pools[q]) <= self.chunk_size or len(named[q]) <= 1
                 pools[q] = named[q]
-        return list(zip(pools, texts))
+        return list(zip(pools, texts, strict=True))
 
     # ------------------------------------------------------------------ API
     def recommend(self, history: Iterable[Any], candidates: Iterable[Any] | None = None, k: int = 10,
@@ -285,13 +285,13 @@ class Recommender:
                    for u, h in enumerate(histories)]
         if mode == "rank":
             results = []
-            for query, scores in zip(queries, self._rank(queries, progress)):
+            for query, scores in zip(queries, self._rank(queries, progress), strict=True):
                 order = np.argsort(-scores, kind="stable")[:k]
                 items = [self._ranked(query.candidates[j], float(scores[j])) for j in order]
                 results.append(Recommendations(items, mode, query.skipped))
             return results
         return [Recommendations([self._ranked(c, None) for c in chosen[:k]], mode, query.skipped, texts)
-                for query, (chosen, texts) in zip(queries, self._knockout(queries, mode, progress))]
+                for query, (chosen, texts) in zip(queries, self._knockout(queries, mode, progress), strict=True)]
 
     def _ranked(self, item: int, score: float | None) -> RankedItem:
         return RankedItem(self.dataset.item_ids[item], self.renderer.item_name(item), score)

@@ -116,7 +116,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 if cfg.text_only else None)
 
     graph_cfgs = [load_config(FitGraphConfig, path) for path in cfg.baselines]
-    for path, graph_cfg in zip(cfg.baselines, graph_cfgs):
+    for path, graph_cfg in zip(cfg.baselines, graph_cfgs, strict=True):
         check_baseline_config(graph_cfg, path, cfg.split, cfg.baseline_protocol)
 
     _stage("1. data + 2. modality inputs (text, image, graph)")
@@ -125,7 +125,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     _stage("3. baselines on the same frozen candidates")
     baseline_files: dict[str, Path] = {}
-    for path, graph_cfg in zip(cfg.baselines, graph_cfgs):
+    for path, graph_cfg in zip(cfg.baselines, graph_cfgs, strict=True):
         # the configs' own run folders: a baseline that is also the recipe's graph encoder is one run
         run_dir = ensure_graph_run(path, dataset, predictions=((cfg.split, cfg.baseline_protocol),))
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -243,13 +243,13 @@ def restrict_to_rows(path: str | Path, reference: str | Path, output: str | Path
     """
     source, wanted = read_predictions(path), read_predictions(reference)
     by_key = {}
-    for record, line in zip(source.records, source.line_numbers):
+    for record, line in zip(source.records, source.line_numbers, strict=True):
         key = _row_key(record, f"{source.path}:{line}")
         if key in by_key:
             raise PredictionsError(f"{source.path}:{line}: row {key} appears twice")
         by_key[key] = record
     kept = []
-    for record, line in zip(wanted.records, wanted.line_numbers):
+    for record, line in zip(wanted.records, wanted.line_numbers, strict=True):
         key = _row_key(record, f"{wanted.path}:{line}")
         found = by_key.get(key)
         if found is None:

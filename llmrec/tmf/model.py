@@ -257,7 +257,8 @@ class TMFModel(nn.Module):
     # ------------------------------------------------------------------ tables
     def _mask_modalities_for_training(self, names: list[str]) -> None:
         """``cfg.masked_modalities``: as :meth:`drop_modalities`, refusing to leave an item with no modality."""
-        present = [m for m, any_item in zip(MODALITIES, self.modality_mask_table.any(dim=0).tolist()) if any_item]
+        present = [m for m, any_item in zip(MODALITIES, self.modality_mask_table.any(dim=0).tolist(), strict=True)
+                   if any_item]
         had_any = self.modality_mask_table.any(dim=1)
         self.drop_modalities(names)
         emptied = int((had_any & ~self.modality_mask_table.any(dim=1)).sum())

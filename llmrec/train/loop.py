@@ -172,7 +172,7 @@ class Trainer:
         # process) unless per-sample draws are asked for
         tasks = self.curriculum.sample(step, n=len(rows), substep=slot if cfg.curriculum.per_sample else 0)
         prompts = []
-        for row, task in zip(rows.tolist(), tasks):
+        for row, task in zip(rows.tolist(), tasks, strict=True):
             rng = np.random.default_rng([cfg.seed, self.epoch, row])  # paraphrase choice
             prompts.append(self.renderer.render(self.samples["history_items"][row],
                                                 self.samples["history_behaviors"][row], self.candidates.items[row],

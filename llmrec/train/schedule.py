@@ -75,7 +75,7 @@ def estimate_prompt_lengths(samples: dict[str, list], candidates: np.ndarray, ti
     """Token-length estimate per row: title tokens of history and candidates + ~3 per history entry."""
     history = samples["history_items"]
     return np.array([title_tokens[h].sum() + 3 * len(h) + title_tokens[c].sum() + 2 * len(c)
-                     for h, c in zip(history, candidates)], dtype=np.int64)
+                     for h, c in zip(history, candidates, strict=True)], dtype=np.int64)
 
 
 def configure_deepspeed(accelerator_kwargs: dict[str, Any], cfg: TrainConfig) -> None:

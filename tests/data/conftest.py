@@ -37,7 +37,7 @@ def random_log(n_users: int = 40, n_items: int = 60, per_user: int = 25, seed: i
         items = rng.choice(n_items, size=per_user, p=weights / weights.sum())
         behaviors = rng.choice(["view", "cart", "buy"], size=per_user, p=[0.6, 0.2, 0.2])
         behaviors[[per_user // 4, per_user // 2, 3 * per_user // 4]] = "buy"
-        for t, (i, b) in enumerate(zip(items, behaviors)):
+        for t, (i, b) in enumerate(zip(items, behaviors, strict=True)):
             rows.append((f"u{u}", f"i{i}", b, 1000 + 10 * t))
     return rows
 

@@ -27,7 +27,7 @@ def test_second_prepare_loads_from_cache(random_log_config, caplog):
     assert "loaded from cache" in caplog.text
     assert second.root == first.root and second.fingerprint == first.fingerprint
     assert second.samples["train"].to_list() == first.samples["train"].to_list()
-    for a, b in zip(first.sequences, second.sequences):
+    for a, b in zip(first.sequences, second.sequences, strict=True):
         assert np.array_equal(a.items, b.items) and (a.valid_pos, a.test_pos) == (b.valid_pos, b.test_pos)
     assert second.catalog.equals(first.catalog) and second.stats == first.stats
 

@@ -25,7 +25,7 @@ def test_candidate_properties(random_log_config):
             assert cands.items.shape == (len(targets), 12)
             assert (cands.items[np.arange(len(targets)), cands.target_index] == targets).all()
             assert ((cands.items == targets[:, None]).sum(axis=1) == 1).all()  # target exactly once
-            for row, user in zip(cands.items, users):
+            for row, user in zip(cands.items, users, strict=True):
                 assert len(set(row.tolist())) == 12
                 interacted = set(ds.sequences[user].items.tolist())
                 assert len(set(row.tolist()) & interacted) == 1  # only the target was ever interacted with
@@ -40,7 +40,7 @@ def test_two_fresh_prepares_write_identical_bytes(tmp_path):
         ds = prepare(cfg)
         paths.append(sorted((ds.root / "candidates").glob("*.arrow")))
     assert [p.name for p in paths[0]] == [p.name for p in paths[1]] and len(paths[0]) == 4
-    for a, b in zip(*paths):
+    for a, b in zip(*paths, strict=True):
         assert a.read_bytes() == b.read_bytes()
 
 
@@ -89,7 +89,7 @@ def test_top_popular_is_one_fixed_list_with_only_seen_items_replaced(random_log_
     top = np.argsort(-counts, kind="stable")[:7]
     a, b = (sample_candidates(ds, "test", "top_popular", 8, seed) for seed in (0, 1))
     n_replaced = 0
-    for row_a, row_b, user in zip(a.items, b.items, ds.samples["test"]["user"]):
+    for row_a, row_b, user in zip(a.items, b.items, ds.samples["test"]["user"], strict=True):
         seen = set(ds.sequences[user].items.tolist())
         kept = {int(i) for i in top if int(i) not in seen}
         assert kept <= set(row_a.tolist()) and kept <= set(row_b.tolist())  # every unseen list item is there
@@ -118,6 +118,6 @@ def test_exact_completion_path_and_a_full_candidate_row(random_log_config, monke
     size = ds.n_items - max(interacted) + 1  # the busiest user's row holds every item she never touched
     cands = sample_candidates(ds, "test", sampler, size, 0)
     targets = np.array(ds.samples["test"]["target"])
-    for row, user, target in zip(cands.items, ds.samples["test"]["user"], targets):
+    for row, user, target in zip(cands.items, ds.samples["test"]["user"], targets, strict=True):
         assert len(set(row.tolist())) == size
         assert set(row.tolist()) & set(ds.sequences[user].items.tolist()) == {int(target)}

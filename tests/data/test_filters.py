@@ -14,7 +14,7 @@ V, B = 0, 1  # view, buy (target)
 
 
 def _arrays(events):
-    user, item, behavior = (np.array(col, dtype=np.int64) for col in zip(*events))
+    user, item, behavior = (np.array(col, dtype=np.int64) for col in zip(*events, strict=True))
     return user, item, behavior
 
 

@@ -48,7 +48,7 @@ def test_lastfm_counts_names_and_frozen_candidates(lastfm):
     cands = load_candidates(ds, "test", "uniform", 20, 0)  # LLaRA's protocol: 20 candidates, frozen at preparation
     assert cands.path is not None and cands.path.is_file() and cands.items.shape == (122, 20)
     rows = ds.samples["test"].to_list()
-    for row, items in zip(rows, cands.items):
+    for row, items in zip(rows, cands.items, strict=True):
         assert list(items).count(row["target"]) == 1 and not set(items) & set(row["history_items"])
 
 

@@ -230,4 +230,4 @@ def test_titles_in_any_script_load_unchanged(tmp_path, encoding):
     chosen = {item: titles[n % len(titles)] + f" #{n}" for n, item in enumerate(ITEMS)}
     catalog = _catalog(tmp_path / "items.csv", [f"{i},{t}" for i, t in chosen.items()], encoding=encoding)
     ds = prepare(generic_config(tmp_path, log, f"items_path={catalog}", "k_core=1", f"encoding={encoding}"))
-    assert dict(zip(ds.item_ids, ds.item_titles())) == chosen
+    assert dict(zip(ds.item_ids, ds.item_titles(), strict=True)) == chosen

@@ -76,7 +76,7 @@ def test_parquet_rows_sampled_candidates_exclude_the_row(tmp_path):
     assert ds.sequences[0].timestamps.tolist() == [10, 20, 30, 30]
     assert ds.n_items == 12 and ds.item_titles()[0] == "item i0"  # no catalog: the ids seen
     cands = load_candidates(ds, "test", "uniform", 8, 0)
-    for row, items in zip(ds.samples["test"].to_list(), cands.items):
+    for row, items in zip(ds.samples["test"].to_list(), cands.items, strict=True):
         assert set(items) & set(row["history_items"]) == set()  # negatives: outside the row's history and target
         assert list(items).count(row["target"]) == 1
     again = prepare(cfg)  # cache hit, same frozen set

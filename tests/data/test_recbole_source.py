@@ -62,7 +62,7 @@ def test_ml100k_like_folder_prepares_end_to_end(tmp_path):
         name: sum(LIKE[r] == name for _, _, r in RATINGS) for name in ("dislike", "neutral", "like")
     }
     assert ds.user_ids == ["10", "20", "30", "40"] and ds.item_ids == ["1", "2", "3", "4", "5", "6"]
-    titles = dict(zip(ds.item_ids, ds.item_titles()))
+    titles = dict(zip(ds.item_ids, ds.item_titles(), strict=True))
     assert titles == {"1": "Toy Story", "2": "GoldenEye", "3": '"Great Day in Harlem, A"', "4": "Amélie",
                       "5": "Heat", "6": "Fargo"}
     assert ds.catalog.set_index("item_id").loc["1", "category"] == "Animation|Children's|Comedy"
@@ -84,7 +84,7 @@ def test_path_may_be_the_inter_file(tmp_path):
 
 def test_behavior_field_and_single_behavior_logs(tmp_path):
     actions = ["view", "buy", "view", "buy", "buy"] * 4
-    rows = [f"{u}\t{i}\t{a}\t{100 + n}" for n, ((u, i, _), a) in enumerate(zip(RATINGS, actions))]
+    rows = [f"{u}\t{i}\t{a}\t{100 + n}" for n, ((u, i, _), a) in enumerate(zip(RATINGS, actions, strict=True))]
     folder = write_recbole(tmp_path / "acts", "user_id:token\titem_id:token\taction:token\ttimestamp:float", rows)
     cfg = recbole_config(tmp_path, folder, "behaviors=[view, buy]", "target_behavior=buy", "rating_behaviors=null",
                          "columns={behavior: action}")

@@ -109,7 +109,7 @@ def _preceded_rate(interactions) -> float:
     preceded = total = 0
     for _, rows in interactions.groupby("user_id"):
         earlier: set[str] = set()
-        for item, behavior in zip(rows["item_id"], rows["behavior"]):
+        for item, behavior in zip(rows["item_id"], rows["behavior"], strict=True):
             if behavior == "purchase":
                 total += 1
                 preceded += item in earlier
@@ -173,8 +173,8 @@ def test_cascade_setting_only_removes_the_cascade_events(shop, legacy_shop):
     removed = removed[removed["_merge"] == "left_only"]
     assert len(removed) > 0 and set(removed["behavior"]) <= {"view", "cart"}
     bought = set(zip(legacy.loc[legacy["behavior"] == "purchase", "user_id"],
-                     legacy.loc[legacy["behavior"] == "purchase", "item_id"]))
-    assert all((u, i) in bought for u, i in zip(removed["user_id"], removed["item_id"]))
+                     legacy.loc[legacy["behavior"] == "purchase", "item_id"], strict=True))
+    assert all((u, i) in bought for u, i in zip(removed["user_id"], removed["item_id"], strict=True))
 
 
 def _purchases_with_attributes(interactions, catalog):
@@ -216,7 +216,7 @@ def test_purchases_follow_complements(shop):
     hits = pairs = 0
     for _, rows in bought.groupby("user_id", sort=False):
         categories = rows["category"].tolist()
-        for previous, following in zip(categories, categories[1:]):
+        for previous, following in zip(categories, categories[1:], strict=False):
             pairs += 1
             hits += complements[previous] == following
     assert hits / pairs > 3 / len(complements)  # chance is 1 / n_categories
@@ -246,7 +246,7 @@ def test_category_first_titles_change_only_the_titles(tmp_path):
     pd.testing.assert_frame_equal(again, interactions)
     other = [c for c in catalog.columns if c not in ("title", "image")]
     pd.testing.assert_frame_equal(reordered[other], catalog[other])
-    for (_, row), old in zip(reordered.iterrows(), catalog["title"]):
+    for (_, row), old in zip(reordered.iterrows(), catalog["title"], strict=True):
         assert row["title"].startswith(f"{row['category']}: {row['brand']} "), row["title"]
         assert sorted(row["title"].replace(":", "").split()) == sorted(old.split()), (row["title"], old)
     assert reordered["title"].is_unique

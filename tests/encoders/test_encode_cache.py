@@ -90,7 +90,7 @@ def test_text_template_change_invalidates_the_cache(shop):
     assert not changed.cache_hit and changed.path != first.path and first.path.is_file()
     assert changed.table.metadata["text_template"]["segments"] == ["{title}", "Brand: {brand}"]
     # Items with a brand got a different text, so a different embedding; the others did not.
-    same = [torch.allclose(a, b, atol=1e-5) for a, b in zip(first.table.item, changed.table.item)]
+    same = [torch.allclose(a, b, atol=1e-5) for a, b in zip(first.table.item, changed.table.item, strict=True)]
     assert same == [False, False, True, True, False, True]
 
 

@@ -57,8 +57,8 @@ def test_shuffled_order_is_a_seeded_permutation_per_row():
     assert (np.sort(first, axis=1) == np.arange(3)).all()
     shuffled, scores = retrieved_candidates(retrieval, "shuffled", seed=0)
     for row in range(3):  # the same items and scores, permuted together
-        pairs = dict(zip(retrieval.items[row].tolist(), retrieval.scores[row].tolist()))
-        assert dict(zip(shuffled.items[row].tolist(), scores[row].tolist())) == pairs
+        pairs = dict(zip(retrieval.items[row].tolist(), retrieval.scores[row].tolist(), strict=True))
+        assert dict(zip(shuffled.items[row].tolist(), scores[row].tolist(), strict=True)) == pairs
     with pytest.raises(ValueError, match="rerank.order"):
         prompt_order(retrieval, "alphabetical", 0)
 
@@ -111,7 +111,7 @@ def test_llmrec_infer_rerank(tmp_path, peaked_lm_dir):
     assert m["retriever"]["HR@6"] == pytest.approx(fit["full/HR@6"])
 
     kept = [json.loads(line) for line in outputs["retriever"].read_text().splitlines()]
-    for a, b in zip(records, kept):  # the same retrieved lists; retriever order lists them best first
+    for a, b in zip(records, kept, strict=True):  # the same retrieved lists; retriever order lists them best first
         assert sorted(c["item_id"] for c in a["candidates"]) == sorted(c["item_id"] for c in b["candidates"])
         assert b["retriever_scores"] == sorted(b["retriever_scores"], reverse=True)
         assert b["retriever_rank"] == a["retriever_rank"]

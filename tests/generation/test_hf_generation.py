@@ -108,7 +108,7 @@ def test_constrained_decoding_names_exactly_one_candidate(tmf_model, collator_pa
     generator = HFGenerator(tmf_model, prompt_collator, GenerationSettings(max_new_tokens=40, constrained=True),
                             answer_collator=answer_collator)
     texts = generator.generate(hard_prompts, batch_size=4, progress=False)
-    for prompt, text in zip(hard_prompts, texts):
+    for prompt, text in zip(hard_prompts, texts, strict=True):
         names = [renderer.item_name(c) for c in prompt.candidates]
         assert text.strip() in names
         assert parse_generation(text, names) is not None

@@ -61,7 +61,7 @@ def test_requests_are_one_unpadded_embedding_per_prompt(tmf_model, collator_pair
     hidden = tmf_model.causal_lm.config.hidden_size
     lengths = [len(prompt_collator.encode(p).input_ids) for p in hard_prompts]
     assert len(set(lengths)) > 1  # ragged: padding really had to be removed
-    for request, prompt, length in zip(requests, hard_prompts, lengths):
+    for request, prompt, length in zip(requests, hard_prompts, lengths, strict=True):
         embeds = request["prompt_embeds"]
         assert embeds.shape == (length, hidden) and embeds.device.type == "cpu"
         with torch.no_grad():
@@ -205,7 +205,7 @@ def test_job_folder_round_trip(tmp_path):
     job = read_job(tmp_path)
     assert job["n_prompts"] == 3 and job["choices"] == [["a"], ["b", "c"], ["d"]] and job["lora"] is None
     loaded = [t for name in job["chunks"] for t in load_chunk(tmp_path, name)]
-    for got, want in zip(loaded, [t for c in chunks for t in c]):
+    for got, want in zip(loaded, [t for c in chunks for t in c], strict=True):
         assert torch.equal(got, want)
     with pytest.raises(ValueError, match="2 choice lists for 3 prompts"):
         write_job(tmp_path / "bad", {}, {}, None, iter(chunks), [["a"], ["b"]])
@@ -265,7 +265,7 @@ def test_rank_job_folder_round_trip(tmp_path):
     assert job["kind"] == "rank" and job["answers"] == answers and job["choices"] is None and job["n_prompts"] == 3
     assert job["sampling"] == {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False}
     loaded = [t for name in job["chunks"] for t in load_chunk(tmp_path, name)]
-    assert all(torch.equal(got, want) for got, want in zip(loaded, [t for c in chunks for t in c]))
+    assert all(torch.equal(got, want) for got, want in zip(loaded, [t for c in chunks for t in c], strict=True))
     (tmp_path / ANSWERS_FILE).write_text(json.dumps({"kind": "rank", "scores": [[-1.5, -2.0], [-0.5, -3], [0, -1]],
                                                      "engine_start_s": 1.0, "rank_s": 2.5}))
     assert read_scores(tmp_path, [2, 2, 2]) == [[-1.5, -2.0], [-0.5, -3.0], [0.0, -1.0]]
@@ -347,7 +347,7 @@ def test_rank_jobs_carry_the_prompt_and_answer_ids_hf_ranking_scores(tmf_model, 
     job = read_job(tmp_path)
     assert job["kind"] == "rank" and job["sampling"] == SCORING_SAMPLING and len(job["chunks"]) == 3
     embeds = [t for name in job["chunks"] for t in load_chunk(tmp_path, name)]
-    for i, (prompt, (fitted, length, answers)) in enumerate(zip(prompts, shared)):
+    for i, (prompt, (fitted, length, answers)) in enumerate(zip(prompts, shared, strict=True)):
         assert job["answers"][i] == answers == candidate_answer_ids(fitted, answer_collator)
         assert all(ids[-1] == answer_collator.eos_id for ids in answers)
         batch = answer_collator([dataclasses.replace(fitted, answer=renderer.item_name(prompt.candidates[0]))])

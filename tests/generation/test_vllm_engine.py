@@ -142,7 +142,7 @@ def test_the_prompts_carry_item_and_behavior_slots_and_the_lora_matters(smol_tmf
 def test_greedy_answers_equal_the_hf_backend(hf_answers, vllm_answers, hard_prompts, chat_renderer):
     assert [first_line(t) for t in vllm_answers] == [first_line(t) for t in hf_answers]
     assert all("\n" not in t for t in vllm_answers)  # stop=["\n"]: nothing generated past the first line
-    for prompt, ours, theirs in zip(hard_prompts, vllm_answers, hf_answers):
+    for prompt, ours, theirs in zip(hard_prompts, vllm_answers, hf_answers, strict=True):
         names = [chat_renderer.item_name(c) for c in prompt.candidates]
         assert parse_generation(ours, names) == parse_generation(theirs, names)
 
@@ -167,7 +167,7 @@ def test_constrained_answers_are_always_candidates(smol_tmf, smol_collators, smo
                               answer_collator=smol_collators[1], llm=merged_generator.llm)
     texts = generator.generate(hard_prompts, progress=False)
     names = [[chat_renderer.item_name(c) for c in p.candidates] for p in hard_prompts]
-    for prompt, text in zip(hard_prompts, texts):
+    for prompt, text in zip(hard_prompts, texts, strict=True):
         assert text in candidate_choices(prompt, smol_collators[1], smol_tmf.tokenizer)
     counts = generative_metrics(texts, names, [p.target_index for p in hard_prompts])
     assert counts["n_valid"] == counts["n_total"] == len(hard_prompts)  # ValidRatio 1.0

@@ -9,7 +9,7 @@ def test_windows_train_every_transition_once(tiny_dataset):
     windows = batcher.training_windows("all")
     seen = {}
     batch = batcher.training_batch(windows.rows)
-    for r, (k, start, end) in enumerate(windows.rows):
+    for _r, (k, start, end) in enumerate(windows.rows):
         assert end - start <= 5 and end <= tiny_dataset.sequences[k].valid_pos
         for t in range(start + 1, end):
             seen[(k, t)] = seen.get((k, t), 0) + 1
@@ -43,7 +43,7 @@ def test_history_batch_matches_samples(tiny_dataset):
     seq = tiny_dataset.sequences[int(users[0])]
     assert (batch.items[0].numpy() - 1).tolist() == seq.items[positions[0] - 6 : positions[0]].tolist()
     seen = batcher.seen_items(users, positions)
-    assert all(int(t) not in s for t, s in zip(batch.targets, seen))
+    assert all(int(t) not in s for t, s in zip(batch.targets, seen, strict=True))
 
 
 def test_mismatched_sample_row_is_reported(tiny_dataset):

@@ -27,7 +27,7 @@ TINY_RUN = [
 def _write_csv_dataset(tmp_path: Path, tiny) -> Path:
     rows = [
         {"user_id": f"u{s.user}", "item_id": int(i), "behavior": tiny.behaviors[b], "timestamp": int(t)}
-        for s in tiny.sequences for i, b, t in zip(s.items, s.behaviors, s.timestamps)
+        for s in tiny.sequences for i, b, t in zip(s.items, s.behaviors, s.timestamps, strict=True)
     ]
     csv = tmp_path / "interactions.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)

@@ -162,10 +162,10 @@ def test_reordered_products_match_the_printed_form(pooling, n_interests, causal)
     x, _ = _inputs()
     visible = torch.ones(6, 6, dtype=torch.bool).tril()[None].expand(2, 6, 6) if causal else None
     target = torch.randn((2, 6, n_interests, 8) if causal else (2, n_interests, 8), generator=g)
-    names, params = zip(*layer.named_parameters())
+    names, params = zip(*layer.named_parameters(), strict=True)
 
     def grads(interests: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(names, torch.autograd.grad((interests * target).sum(), params)))
+        return dict(zip(names, torch.autograd.grad((interests * target).sum(), params), strict=True))
 
     ours, printed = layer(x, visible)[0], _printed_cluster_attention(layer, x, visible)
     torch.testing.assert_close(ours, printed, rtol=1e-5, atol=1e-6)

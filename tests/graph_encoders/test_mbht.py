@@ -214,7 +214,7 @@ def test_cloze_sampled_target_is_always_a_target_behavior_item(tiny_dataset):
         assert masked[has_target, -1].all()
         last_items = targets[has_target, -1]
         # the last column now holds one of the row's target-behavior items
-        for row, item in zip(torch.nonzero(has_target).flatten(), last_items):
+        for row, item in zip(torch.nonzero(has_target).flatten(), last_items, strict=True):
             buys = batch.labels[row][batch.label_behaviors[row] == target_id]
             assert item in buys
 

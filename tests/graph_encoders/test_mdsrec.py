@@ -227,7 +227,7 @@ def test_every_position_sampled_gives_the_full_loss(tiny_dataset):
     assert torch.allclose(expected, got, atol=1e-5), (expected, got)
     got.backward()
     expected.backward()
-    for (name, a), b in zip(full.named_parameters(), sampled.parameters()):
+    for (name, a), b in zip(full.named_parameters(), sampled.parameters(), strict=True):
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, atol=1e-5), name
 

@@ -81,7 +81,7 @@ def test_center_update_matches_the_formula(scale, prefix):
     finally:
         CenterUpdate._prefix_heads = staticmethod(original)
     assert used == ([True] if prefix else [])  # the prefix path serves the shared centres only
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 

@@ -55,7 +55,7 @@ def test_kmeans_recovers_separated_clusters():
     points, labels = _blobs()
     assignment, centroids = kmeans(points, 3, seed=0)
     # same partition up to renaming: each true cluster maps to exactly one found cluster
-    pairs = {(int(a), int(b)) for a, b in zip(labels, assignment)}
+    pairs = {(int(a), int(b)) for a, b in zip(labels, assignment, strict=True)}
     assert len(pairs) == 3 and len({b for _, b in pairs}) == 3
     for c in range(3):
         assert torch.allclose(centroids[c], points[assignment == c].mean(0), atol=1e-5)

@@ -35,7 +35,7 @@ def test_rounds_time_each_checkout_and_pair_the_ratios(llmrec_data_dir, tmp_path
         assert len(record["per_round"]) == 2 and all(s > 0 for s in record["per_round"])
         assert record["checkout"] == str(ROOT)
         assert record["commit"].startswith(head) and record["commit"].endswith("-dirty") == dirty
-    ratios = sorted(b / a for a, b in zip(first["per_round"], second["per_round"]))
+    ratios = sorted(b / a for a, b in zip(first["per_round"], second["per_round"], strict=True))
     assert second["ratio_to_first"] == sum(ratios) / 2  # the median of two paired rounds
     assert "| median s/step |" in (out / "step_time.md").read_text()
 

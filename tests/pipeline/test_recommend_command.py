@@ -32,7 +32,7 @@ def write_histories(path, shop, n: int) -> list[dict]:
     for row in range(n):
         sample = shop.samples["test"][row]
         history = [[shop.item_ids[i], shop.behaviors[b]] for i, b in zip(sample["history_items"],
-                                                                           sample["history_behaviors"])]
+                                                                           sample["history_behaviors"], strict=True)]
         rows.append({"user": f"u{row}", "history": history, "candidates": list(shop.item_ids[row:row + 7])})
     rows[1]["history"].append(["not-in-catalog", "view"])
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -62,7 +62,7 @@ def test_interrupted_run_resumes_and_writes_each_user_once(tmp_path, text_only_r
     # the lines are what the Python API returns for the same histories
     rec = Recommender.from_pretrained(text_only_run, device="cpu")
     expected = rec.recommend_batch([r["history"] for r in rows], [r["candidates"] for r in rows], k=3, unknown="skip")
-    for record, result in zip(records, expected):
+    for record, result in zip(records, expected, strict=True):
         assert [i["item_id"] for i in record["items"]] == [i.item_id for i in result.items]
         assert [i["score"] for i in record["items"]] == pytest.approx([i.score for i in result.items], abs=1e-5)
 

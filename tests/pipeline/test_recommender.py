@@ -36,7 +36,8 @@ def recommender(checkpoint, shop, tables):
 
 def test_history(shop, row: int) -> list[tuple[str, str]]:
     sample = shop.samples["test"][row]
-    return [(shop.item_ids[i], shop.behaviors[b]) for i, b in zip(sample["history_items"], sample["history_behaviors"])]
+    return [(shop.item_ids[i], shop.behaviors[b])
+            for i, b in zip(sample["history_items"], sample["history_behaviors"], strict=True)]
 
 
 test_history.__test__ = False  # a helper, not a test
@@ -60,7 +61,7 @@ def test_rank_scores_equal_llmrec_infer(tmp_path, checkpoint, recommender, shop,
 def test_whole_catalog_batch_equals_one_by_one(recommender, shop):
     histories = [test_history(shop, row) for row in (0, 3, 5)]
     batch = recommender.recommend_batch(histories, k=shop.n_items)
-    for history, together in zip(histories, batch):
+    for history, together in zip(histories, batch, strict=True):
         alone = recommender.recommend(history, k=shop.n_items)
         seen = {item_id for item_id, _ in history}
         # candidates=None: every catalog item but the history's, each once, on ceil(n / 5) prompts
@@ -74,7 +75,7 @@ def test_whole_catalog_batch_equals_one_by_one(recommender, shop):
 def test_constrained_knockout_batch_equals_one_by_one(recommender, shop):
     histories = [test_history(shop, row) for row in (1, 2)]
     batch = recommender.recommend_batch(histories, mode="constrained")
-    for history, together in zip(histories, batch):
+    for history, together in zip(histories, batch, strict=True):
         alone = recommender.recommend(history, mode="constrained")
         assert len(alone.items) == 1 and alone.items[0].score is None
         assert together.items == alone.items and together.generations == alone.generations

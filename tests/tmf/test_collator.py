@@ -158,7 +158,7 @@ def test_titles_ending_in_punctuation_keep_the_slot_free_tokens_in_every_task(to
     # each candidate's item slot follows the token that ends its title (with the merged comma)
     hard = rows["hard"]
     item_positions = [i for i, k in enumerate(hard.kinds) if k == 1][len(HISTORY):]
-    for position, item in zip(item_positions, CANDIDATES):
+    for position, item in zip(item_positions, CANDIDATES, strict=True):
         before = tokenizer.decode(hard.input_ids[position - 6:position])
         assert before.rstrip(",.").endswith(MOVIE_TITLES[item][-6:]), (before, MOVIE_TITLES[item])
 

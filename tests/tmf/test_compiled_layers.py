@@ -39,7 +39,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_lm_dir, tmp_path
     loss_c, grads_c = loss_and_grads(compiled)
     assert len(grads_e) == len(grads_c) == 2 * n_layers + 1
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads_e, grads_c):
+    for a, b in zip(grads_e, grads_c, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert compiled_layers._RMS_NORM.compiled is not None and not compiled_layers._RMS_NORM.failed
 

@@ -22,7 +22,7 @@ def batch(shop, tokenizer):
     cands = load_candidates(shop, "train", size=5)
     prompts = [renderer.render(train[r]["history_items"], train[r]["history_behaviors"], cands.items[r],
                                int(cands.target_index[r]), task, np.random.default_rng(r))
-               for r, task in zip((0, 1, 2), ("easy", "medium", "hard"))]
+               for r, task in zip((0, 1, 2), ("easy", "medium", "hard"), strict=True)]
     return TMFCollator(tokenizer, renderer, max_length=None)(prompts)
 
 
@@ -71,7 +71,7 @@ def test_fp32_loss_and_gradients_match_peft(tiny_lm_dir, tables, batch, dropout)
     loss_fused, grads_fused = loss_and_grads(fused, batch)
     assert len(grads_plain) == len(grads_fused) > 0
     torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-6, atol=1e-6)
-    for a, b in zip(grads_plain, grads_fused):
+    for a, b in zip(grads_plain, grads_fused, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
@@ -137,11 +137,12 @@ def test_bf16_base_weights_are_cast_once_and_recast_when_they_change(tiny_lm_dir
         loss_again, grads_again = loss_and_grads(fused, batch)
         assert layer._base_weight_cast[1] is cast  # kept, not cast again
         assert torch.equal(loss_first, loss_again)
-        assert all(torch.equal(a, b) for a, b in zip(grads_first, grads_again))
+        assert all(torch.equal(a, b) for a, b in zip(grads_first, grads_again, strict=True))
         for module in lora_layers(fused):  # without the kept copies: the same numbers, cast afresh
             del module.__dict__["_base_weight_cast"]
         loss_fresh, grads_fresh = loss_and_grads(fused, batch)
-        assert torch.equal(loss_fresh, loss_first) and all(torch.equal(a, b) for a, b in zip(grads_first, grads_fresh))
+        assert torch.equal(loss_fresh, loss_first) and all(torch.equal(a, b)
+                                                           for a, b in zip(grads_first, grads_fresh, strict=True))
 
         with torch.no_grad():
             layer.base_layer.weight.mul_(2.0)  # an in-place change of a frozen weight (what merging does)

@@ -33,7 +33,7 @@ def shop_batch(shop, renderer, tokenizer, tasks, rows=(0, 1, 2)):
     cands = load_candidates(shop, "train", size=5)
     prompts = [renderer.render(train[r]["history_items"], train[r]["history_behaviors"], cands.items[r],
                                int(cands.target_index[r]), task, np.random.default_rng(r))
-               for r, task in zip(rows, tasks)]
+               for r, task in zip(rows, tasks, strict=True)]
     return TMFCollator(tokenizer, renderer, max_length=None)(prompts)
 
 
@@ -121,7 +121,7 @@ def test_mixed_task_rows_route_per_row(shop, renderer, tokenizer, tiny_lm_dir, t
     reference = [p.grad.clone() for p in model.parameter_groups()["fusion"]]
     model.zero_grad()
     (-model.sequence_log_likelihood(mixed).sum()).backward()  # both rows; the medium row must add nothing
-    for ref, p in zip(reference, model.parameter_groups()["fusion"]):
+    for ref, p in zip(reference, model.parameter_groups()["fusion"], strict=True):
         torch.testing.assert_close(p.grad, ref)
 
 
@@ -138,7 +138,7 @@ def test_labelled_positions_only_gives_the_full_loss_and_gradient(shop, renderer
     reference = F.cross_entropy(full[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
     reference.backward()
     torch.testing.assert_close(out.loss, reference, rtol=1e-5, atol=1e-6)
-    for g, p in zip(ours, model.parameter_groups()["lora"]):
+    for g, p in zip(ours, model.parameter_groups()["lora"], strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)
 
 
@@ -242,7 +242,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(shop, renderer
         assert model.causal_lm.is_gradient_checkpointing == checkpointing
         model(batch).loss.backward()
         grads.append([p.grad for g in model.parameter_groups().values() for p in g])
-    for plain, recomputed in zip(*grads):
+    for plain, recomputed in zip(*grads, strict=True):
         torch.testing.assert_close(plain, recomputed, rtol=1e-5, atol=1e-7)
 
 

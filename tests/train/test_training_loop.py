@@ -78,7 +78,8 @@ def test_learning_rate_warms_up_then_decays_to_min():
     cfg = OptimizerSettings(lr=1e-3, warmup_ratio=0.1, warmup_start_lr=1e-5, min_lr=1e-6)
     lrs = [learning_rate(s, 100, cfg) for s in range(101)]
     assert lrs[0] == pytest.approx(1e-5) and lrs[10] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-6)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True)) and all(
+        a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
 
 
 def test_resume_continues_the_run_exactly(tmp_path, tiny_lm_dir, shop, tables):
@@ -239,7 +240,7 @@ def test_validation_runs_every_n_steps_and_after_the_last(tmp_path, tiny_lm_dir,
     prompts = trainer.eval_prompts()
     scores = candidate_log_likelihoods(trainer.unwrapped.eval(), trainer.eval_collator, trainer.renderer, prompts,
                                        progress=False, method="full")
-    hits = sum(int(np.argmax(row) == p.target_index) for row, p in zip(scores, prompts))
+    hits = sum(int(np.argmax(row) == p.target_index) for row, p in zip(scores, prompts, strict=True))
     assert len(prompts) == 4 and trainer.eval_history[-1]["HR@1"] == pytest.approx(hits / 4)
     # exact-loss regression of the loop (fp32, recorded on this run's settings): a change in data order,
     # prompts, curriculum draws, initialisation, learning-rate schedule or loss averaging moves these

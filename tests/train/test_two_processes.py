@@ -105,7 +105,7 @@ def compare_with_one_process(tmp_path, tiny_lm_dir, shop, deepspeed: str | None)
     # both ranks trained one task per step, the same one, and the schedule reached every task
     steps = [[m for m in r["micro_batches"]] for r in ranks]
     assert [len(s) for s in steps] == [4, 4]
-    for first, second in zip(*steps):
+    for first, second in zip(*steps, strict=True):
         assert first["step"] == second["step"] and len(set(first["tasks"] + second["tasks"])) == 1, (first, second)
     assert [m["tasks"][0] for m in steps[0]] == ["easy", "easy", "hard", "medium"]
     # the global batch of a step is split as in the reference: rank r trains the reference's micro-batch r

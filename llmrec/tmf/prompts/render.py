@@ -153,7 +153,7 @@ class PromptRenderer:
                  behaviors: Sequence[str] | None = None, target_behavior: str | None = None):
         if dataset is not None:
             missing = dataset.catalog["title"].isna().tolist()
-            item_titles = ["" if gone else t for t, gone in zip(dataset.item_titles(), missing)]
+            item_titles = ["" if gone else t for t, gone in zip(dataset.item_titles(), missing, strict=True)]
             behaviors, target_behavior, item_ids = dataset.behaviors, dataset.target_behavior, list(dataset.item_ids)
         else:
             if item_titles is None or behaviors is None or target_behavior is None:
@@ -177,7 +177,7 @@ class PromptRenderer:
 
     def _item_names(self, titles: Sequence[str], item_ids: Sequence[str]) -> list[str]:
         names, cut, empty = [], 0, 0
-        for title, item_id in zip(titles, item_ids):
+        for title, item_id in zip(titles, item_ids, strict=True):
             name = shorten_title(title, self.config.title_max_chars)
             if not name:
                 name, empty = f"item {item_id}", empty + 1
@@ -257,7 +257,7 @@ class PromptRenderer:
         if not items:
             out.text(self.templates.empty_history)
             return
-        for k, (item, behavior) in enumerate(zip(items, behaviors)):
+        for k, (item, behavior) in enumerate(zip(items, behaviors, strict=True)):
             phrase = self.domain.behaviors[self.behaviors[behavior]]
             if k:
                 out.text(self.templates.history_separator)
