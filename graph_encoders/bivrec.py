@@ -275,10 +275,14 @@ def max_score_loss(interests: torch.Tensor, targets: torch.Tensor, table: torch.
     """Softmax cross-entropy over all items of the score itself, ``max_k v_k · x_i`` (``rec_loss: max_score``;
     *ours*, not the paper's Eq. 19-21). Shapes as :func:`nearest_interest_loss`; ``present`` ``[M, K]`` limits the
     max to those interests. With one interest it equals Eq. 19-21."""
-    scores = torch.einsum("mkd,nd->mkn", interests, table)
+    return F.cross_entropy(max_over_interests(torch.einsum("mkd,nd->mkn", interests, table), present), targets)
+
+
+def max_over_interests(scores: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """``[..., K, n] -> [..., n]``: each item's best interest among those ``present`` ``[..., K]`` marks (None: all)."""
     if present is not None:
         scores = scores.masked_fill(~present[..., None], float("-inf"))
-    return F.cross_entropy(scores.amax(1), targets)
+    return scores.amax(-2)
 
 
 def allocation_similarity_loss(first: list[torch.Tensor], second: list[torch.Tensor]) -> torch.Tensor:
@@ -369,9 +373,7 @@ class BivRec(SequentialRecommender):
 
     def _max_over_interests(self, scores: torch.Tensor, out: ViewOutput) -> torch.Tensor:
         """``[B, K, n] -> [B, n]``: the best interest per item, among the present ones with ``skip_empty_interests``."""
-        if self.config.skip_empty_interests:
-            scores = scores.masked_fill(~out.present[:, -1, :, None], float("-inf"))
-        return scores.amax(1)
+        return max_over_interests(scores, out.present[:, -1] if self.config.skip_empty_interests else None)
 
     def losses(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
         """The terms of Eq. 22: ``rec_<view>`` (Eq. 19-21) per view, ``contrast`` (Eq. 16-17),
